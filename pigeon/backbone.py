@@ -18,7 +18,8 @@ V = LM vocabulary (text + special + visual), F = ``feature_length``, C = ``featu
    visual features. Pigeon average-pools them over F for r_v.
 5. Pixel decoder (§2.2.3): ``decode_pixels(features (B, F, C), seeds: list[int]) -> list[PIL.Image]`` (RGB,
    ``image_size`` square): a diffusion model conditioned on the features (LaVIT) or a small deterministic
-   conv decoder (tiny).
+   conv decoder (tiny). ``render(codes, seeds)`` chains 4 and 5; Pigeon calls it to draw generated tokens.
+   Masked tokens are dropped before ``decode_tokens`` (as LaVIT's decoder does), so L_i varies.
 
 Tensors a backbone returns live on ``self.device``; floating ones are in ``self.dtype``. Backbones are frozen
 (``requires_grad=False``) except the LoRA parameters ``add_lora`` creates. When the LM generates an image it
@@ -107,6 +108,13 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def decode_pixels(self, features: torch.Tensor, seeds: Sequence[int]) -> list[Image.Image]:
         """Features (B, F, C) -> B RGB images of ``image_size`` px; ``seeds`` fix the diffusion noise."""
+
+    def render(self, codes: Sequence[torch.Tensor], seeds: Sequence[int]) -> list[Image.Image]:
+        """Image generation module (§2.2.3): visual codes -> tokenizer decoder -> pixel decoder -> images.
+
+        Override where the pixel decoder needs more than ``decode_tokens`` (SDXL: a pooled embedding).
+        """
+        return self.decode_pixels(self.decode_tokens(codes), seeds)
 
     # identity -------------------------------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:

@@ -35,15 +35,320 @@ app.add_typer(human_eval_app, name="human-eval")
 
 # ---------------------------------------------------------------- data (issue 2)
 
+data_build_app = typer.Typer(help="Build a scenario dataset from its raw release (paper §3.1.1).",
+                             no_args_is_help=True, rich_markup_mode=None)
+data_app.add_typer(data_build_app, name="build")
+_SPLIT_MODE_HELP = ("random: all windows shuffled and cut 8:1:1 (the paper's wording); temporal: each user's latest "
+                    "windows go to valid/test")
+
+
+def _print_dataset_stats(stats: dict, title: str) -> None:
+    """A dataset's stats.json as a rich table (counts, splits, what was dropped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key in ("scenario", "users", "items", "samples"):
+        if key in stats:
+            table.add_row(key, f"{stats[key]:,}" if isinstance(stats[key], int) else str(stats[key]))
+    for split, n in stats.get("splits", {}).items():
+        table.add_row(f"samples ({split})", f"{n:,}")
+    for key, n in stats.get("dropped", {}).items():
+        table.add_row(f"dropped: {key.replace('_', ' ')}", f"{n:,}")
+    for key in sorted(set(stats) - {"scenario", "users", "items", "samples", "splits", "dropped"}):
+        table.add_row(key, str(stats[key]))
+    Console().print(table)
+
+
+def _check_split_mode(split_mode: str) -> str:
+    from pigeon_bench.data.build import SPLIT_MODES
+
+    if split_mode not in SPLIT_MODES:
+        raise UserError(f"unknown split mode {split_mode!r} (known: {', '.join(SPLIT_MODES)})")
+    return split_mode
+
+
+@data_build_app.command("movie")
+def data_build_movie(
+    raw: Annotated[Path, typer.Option(help="ml-latest-small folder (ratings.csv, movies.csv, links.csv).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    images: Annotated[Path | None, typer.Option(
+        help="Poster folder (<movieId>.jpg); interactions without a poster are dropped before windowing.")] = None,
+    min_rating: Annotated[float, typer.Option(help="Keep ratings >= this.")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    split_mode: Annotated[str, typer.Option(help=_SPLIT_MODE_HELP)] = "random",
+    overviews: Annotated[Path | None, typer.Option(
+        help="Optional CSV (movieId, overview) appended to each poster's semantics text.")] = None,
+) -> None:
+    """Movie posters from MovieLens ml-latest-small: ratings >= 4 by time, windows of 6 (5 history + target)."""
+    from pigeon_bench.data.movie import build_movie
+
+    result = build_movie(raw, out, images=images, min_rating=min_rating, seed=seed,
+                         split_mode=_check_split_mode(split_mode), overviews=overviews)
+    _print_dataset_stats(result.stats, f"movie dataset written to {result.out}")
+
+
+@data_build_app.command("sticker")
+def data_build_sticker(
+    raw: Annotated[Path, typer.Option(help="SER30K folder (Annotations/{train,val,test}.json, Images/<topic>/).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    seed: Annotated[int, typer.Option(help="Split and reference seed.")] = 0,
+    split_mode: Annotated[str, typer.Option(help=_SPLIT_MODE_HELP)] = "random",
+    exclude: Annotated[Path | None, typer.Option(
+        help="Text file of themes to leave out (e.g. low quality), one per line.")] = None,
+    emotion_names: Annotated[str | None, typer.Option(
+        help="Comma-separated names of the emotion labels 1..7 (default: anger, disgust, fear, happiness, "
+             "neutral, sadness, surprise).")] = None,
+) -> None:
+    """Stickers from SER30K: one user per theme, windows of 6; valid/test references from another theme."""
+    from pigeon_bench.data.sticker import build_sticker
+
+    names = [n.strip() for n in emotion_names.split(",")] if emotion_names else None
+    result = build_sticker(raw, out, seed=seed, split_mode=_check_split_mode(split_mode), exclude=exclude,
+                           emotion_names=names)
+    _print_dataset_stats(result.stats, f"sticker dataset written to {result.out}")
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo world (ser30k/ and ml-latest-small/).")],
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    themes: Annotated[int, typer.Option(help="Sticker themes (users).")] = 28,
+    users: Annotated[int, typer.Option(help="Movie users.")] = 20,
+    movies_per_genre: Annotated[int, typer.Option(help="Movies per genre (8 genres).")] = 8,
+    image_size: Annotated[int, typer.Option(help="Sticker side and poster height in pixels.")] = 256,
+) -> None:
+    """Write the offline demo world: procedural stickers (SER30K layout) and posters (ml-latest-small layout)."""
+    from pigeon_bench.data.demo import DemoSizes, write_demo_world
+
+    if min(themes, users, movies_per_genre) < 2 or image_size < 32:
+        raise UserError("demo sizes too small: need themes, users, movies-per-genre >= 2 and image-size >= 32")
+    sizes = DemoSizes(themes=themes, users=users, movies_per_genre=movies_per_genre, image_size=image_size)
+    paths = write_demo_world(out, seed=seed, sizes=sizes)
+    for scenario, path in paths.items():
+        typer.echo(f"{scenario}: {path}  (pigeon-bench data build {scenario} --raw {path} ...)")
+
+
+@data_app.command("stats")
+def data_stats(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (items.parquet, samples.parquet, stats.json).")],
+) -> None:
+    """Print a dataset's statistics (Table 4 counts and per-split samples)."""
+    from pigeon_bench.data import Dataset
+
+    dataset = Dataset(data)
+    dataset.samples_df  # noqa: B018 - validates samples.parquet and its columns
+    dataset.items_df  # noqa: B018
+    _print_dataset_stats(dataset.stats, str(data))
+
 # ---------------------------------------------------------------- models, score (issue 3)
 
 # ---------------------------------------------------------------- generate, run, select (issue 4)
+
+_GEN_PROFILE_HELP = "paper (real weights) or tiny (tiny random models; numbers not comparable with the paper)"
+
+
+@app.command()
+def generate(
+    data: Annotated[Path, typer.Option(help="Dataset folder (items.parquet, samples.parquet, stats.json).")],
+    method: Annotated[str, typer.Option(help="Registered method name, e.g. grd, hist, pigeon.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (an existing one is resumed).")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="At most this many samples (file order).")] = None,
+    alpha_r: Annotated[float | None, typer.Option("--alpha-r", help="Reference mask ratio, 0 to 1.")] = None,
+    sweep: Annotated[bool, typer.Option(help="Generate every alpha_r in 0.0, 0.1, ..., 1.0.")] = False,
+    seed: Annotated[int, typer.Option(help="Run seed; each sample's seed derives from it and its id.")] = 0,
+    profile: Annotated[str, typer.Option(help=_GEN_PROFILE_HELP)] = "paper",
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Requests per generator call.")] = 4,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="Method option key=value (repeatable), e.g. -o checkpoint=PATH.")] = None,
+) -> None:
+    """Generate one method's images for a dataset split into a resumable run folder."""
+    from pigeon_bench import run as runs
+
+    spec = runs.GenerateSpec(data=data, method=method, split=split, limit=limit, alpha_r=alpha_r, sweep=sweep,
+                             seed=seed, profile=profile, device=device, dtype=dtype, batch_size=batch_size,
+                             options=runs.parse_options(option or []))
+    manifest = runs.generate(spec, out)
+    c = manifest["counts"]
+    typer.echo(f"{out}: {c['generated']} generated, {c['skipped']} skipped (already on disk), "
+               f"{c['n']} in all")
+
+
+@app.command("run")
+def run_command(
+    scenario: Annotated[str, typer.Option(help="sticker or movie.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder; default: the offline demo world, built into the cache (tiny profile).")] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        help="Methods to run (repeatable or comma-separated); default: every registered method.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="paper or tiny; default: paper with --data, tiny on the demo world.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many samples per split.")] = None,
+    out: Annotated[Path, typer.Option(help="Output root; runs go to OUT/<scenario>/.")] = Path("runs"),
+    seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
+    device: Annotated[str, typer.Option(help="torch device for generation and scoring.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (generation).")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Requests per generator call.")] = 4,
+    valid: Annotated[bool, typer.Option(
+        help="For alpha_r methods, also sweep the valid split and pick one fixed alpha_r there.")] = True,
+) -> None:
+    """Generate, score, select and report every method on one scenario (resumable)."""
+    from pigeon_bench import run as runs
+
+    names = [n.strip() for m in (methods or []) for n in m.split(",") if n.strip()] or None
+    text, path = runs.run(runs.RunSpec(scenario=scenario, data=data, methods=names, profile=profile,
+                                       limit=limit, out=out, seed=seed, device=device, dtype=dtype,
+                                       batch_size=batch_size, valid=valid))
+    typer.echo(text)
+    typer.echo(f"report written to {path}", err=True)
+
+
+@app.command()
+def select(
+    run: Annotated[Path, typer.Argument(help="A sweep run folder (generate --sweep).")],
+    valid_run: Annotated[Path | None, typer.Option(
+        help="A sweep of the same method on the valid split: also pick one fixed alpha_r there.")] = None,
+    device: Annotated[str, typer.Option(help="torch device for scoring.")] = "cpu",
+) -> None:
+    """Pick alpha_r per sample (test-time best of 11, the paper's rule) and score the selection as a run."""
+    from pigeon_bench import run as runs
+
+    scorer = runs.make_scorer(runs.read_manifest(run)["profile"], device)
+    for folder in runs.select(run, scorer, valid_run):
+        typer.echo(f"{folder}: {runs.read_manifest(folder)['selection']}")
 
 # ---------------------------------------------------------------- baselines: adapter fine-tuning (issue 4)
 
 # ---------------------------------------------------------------- train (issue 5)
 
 # ---------------------------------------------------------------- report, compare, human-eval (issue 6)
+
+
+def _emit(text: str, out: Path | None) -> None:
+    """Write ``text`` to ``out`` atomically, or print it."""
+    if out is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    from pigeon_bench import io
+
+    io.write_text(out, text)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path] | None, typer.Argument(
+        help="Scored run folders (a sweep folder stands for its selected/ run).")] = None,
+    scenario: Annotated[str | None, typer.Option(help="Only this scenario (required to match every run).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, latex, csv or html.")] = "md",
+    paper: Annotated[bool, typer.Option(
+        "--paper", help="Put the paper's numbers beside ours (alone when no run is given).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    ci: Annotated[bool, typer.Option(help="Show each value's bootstrap 95% CI.")] = True,
+    ablation: Annotated[list[str] | None, typer.Option(
+        help="NAME=RUN (repeatable): a Table 3-style ablation table instead of Table 1.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Ablation columns (repeatable); default Table 3's p_cis, p_lpips, a_cs.")] = None,
+    cases: Annotated[int, typer.Option(help="HTML: how many cases to show with their images.")] = 8,
+) -> None:
+    """Table 1 (or an ablation table) from scored runs, optionally beside the paper's numbers."""
+    from pigeon_bench import report as rep
+
+    if ablation:
+        if runs:
+            raise UserError("give either RUN folders (Table 1) or --ablation NAME=RUN, not both")
+        named = [rep.parse_named_run(a) for a in ablation]
+        text = rep.build_ablation(named, fmt=fmt, paper=paper, columns=tuple(metric or rep.TABLE3_COLUMNS), ci=ci)
+    else:
+        if metric:
+            raise UserError("--metric applies to --ablation tables only")
+        text = rep.build_report(runs or [], scenario=scenario, fmt=fmt, paper=paper, ci=ci, n_cases=cases)
+    _emit(text, out)
+
+
+@app.command("plot-sweep")
+def plot_sweep(
+    sweeps: Annotated[list[Path], typer.Argument(help="Sweep folders with alpha_r=... (or alpha_h=...) sub-runs.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    metric: Annotated[list[str] | None, typer.Option(help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
+) -> None:
+    """Fig. 4-style line plots of metrics against the swept mask ratio, one line per sweep."""
+    from pigeon_bench.report import plot_sweeps
+
+    typer.echo(f"wrote {plot_sweeps(sweeps, out, tuple(metric or ('p_cis', 'a_cs')))}", err=True)
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="Baseline run folder (scored).")],
+    candidate: Annotated[Path, typer.Argument(help="Candidate run folder, scored on the same samples.")],
+    gate: Annotated[list[str] | None, typer.Option(
+        help="METRIC:TOLERANCE, signed in the worse direction, e.g. overall:-0.5 or fid:+2 (repeatable); "
+             "default: every metric at 0.")] = None,
+    alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm over gated metrics).")] = 0.05,
+    fmt: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
+    n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 2000,
+    n_perm: Annotated[int, typer.Option(help="Permutations (exact enumeration when 2^n is smaller).")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutations.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Also write the report to this file.")] = None,
+) -> None:
+    """Paired per-metric comparison of two runs; exit 1 when a gated metric regresses significantly."""
+    from pigeon_bench.compare import COMPARE_FORMATS, compare_runs, parse_gate
+
+    if fmt not in COMPARE_FORMATS:
+        raise UserError(f"unknown format {fmt!r} (known: {', '.join(COMPARE_FORMATS)})")
+    gates = dict(parse_gate(g) for g in gate or [])
+    result = compare_runs(base, candidate, gates or None, alpha=alpha, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    text = result.to_json() if fmt == "json" else result.to_markdown()
+    if out is not None:
+        _emit(text, out)
+    typer.echo(text, nl=False)
+    if result.failed:
+        typer.echo(f"regression: {', '.join(result.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+@human_eval_app.command("make")
+def human_eval_make(
+    run_a: Annotated[Path, typer.Argument(help="Run A (e.g. Pigeon): its preference rate is reported.")],
+    run_b: Annotated[Path, typer.Argument(help="Run B (the method compared against).")],
+    aspect: Annotated[str, typer.Option(help="personalization or semantic_alignment.")],
+    out: Annotated[Path, typer.Option(help="Kit folder to create (must be new or empty).")],
+    n: Annotated[int, typer.Option("--n", help="Cases (binary-choice tasks).")] = 50,
+    checks: Annotated[int | None, typer.Option(help="Attention-check tasks; default n // 10, at least 1.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the case sample and the left/right order.")] = 0,
+    base_url: Annotated[str, typer.Option(
+        help="Prefix of image URLs in batch.csv (where DIR/ is hosted, ending in /).")] = "",
+) -> None:
+    """Write a binary-choice kit (MTurk batch CSV, HIT template, static pages, private answer key)."""
+    from pigeon_bench.human_eval import make_kit
+
+    info = make_kit(run_a, run_b, aspect, out, n=n, checks=checks, seed=seed, base_url=base_url)
+    typer.echo(f"{out}: {info['cases']} cases + {info['checks']} attention checks ({info['labels']['a']} vs "
+               f"{info['labels']['b']}, {info['aspect']}, {info['scenario']}); upload batch.csv, keep key.csv",
+               err=True)
+
+
+@human_eval_app.command("score")
+def human_eval_score(
+    responses: Annotated[list[Path], typer.Argument(help="Results CSVs (MTurk batch results or task_id,worker_id,choice).")],
+    key: Annotated[list[Path] | None, typer.Option(
+        help="Answer keys (repeatable); default: key.csv beside each responses file.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md (Table 2 layout) or csv.")] = "md",
+    paper: Annotated[bool, typer.Option("--paper", help="Show the paper's Table 2 value in each cell.")] = False,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Preference rates with 95% CIs in Table 2's layout; failed attention checks excluded and counted."""
+    from pigeon_bench.human_eval import render_table2, score_responses
+
+    _emit(render_table2(score_responses(responses, key or [], seed=seed), fmt=fmt, paper=paper), out)
+
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +77,20 @@ class NoiseGenerator(Generator):
         return out
 
 
+@contextlib.contextmanager
+def registered(name: str, cls: type[Generator]) -> Iterator[str]:
+    """Register a test generator for the duration of a block."""
+    generators.register(name, cls)
+    try:
+        yield name
+    finally:
+        generators.unregister(name)
+
+
 @pytest.fixture
-def noise_method():
-    generators.register("noise", NoiseGenerator)
-    yield "noise"
-    generators.unregister("noise")
+def noise_method() -> Iterator[str]:
+    with registered("noise", NoiseGenerator) as name:
+        yield name
 
 
 def request_for(dataset_dir: Path, sample_id: str = "s0", **kw) -> GenerationRequest:

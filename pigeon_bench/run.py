@@ -1,0 +1,452 @@
+"""Runs: generate a method's images into a run folder (resumable), score, select α_r, and `run` end to end.
+
+Run folder (one method, one split, one α_r)::
+
+    RUN/manifest.json        method, label, group, scenario, data, split, profile, alpha_r, seed,
+                             versions, models, args, timings, counts, sample_ids, complete
+    RUN/images/<sample_id>.png
+    RUN/meta/<sample_id>.json  the generator's metadata (e.g. the prompt used), where it returned any
+    RUN/scores.parquet, RUN/summary.json  written by the scorer
+
+A sweep is ``RUN/manifest.json`` with ``"sweep": [0.0, ..., 1.0]`` and one run folder per α_r
+(``RUN/alpha_r=0.3/``); selections are run folders too (``RUN/selected/``, ``RUN/valid-chosen/``).
+An image on disk is a finished item: a rerun generates only the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from pigeon_bench import io
+from pigeon_bench.data.model import Dataset, Sample
+from pigeon_bench.errors import UserError
+from pigeon_bench.generation import (
+    ALPHA_R_GRID,
+    Generator,
+    build_request,
+    check_alpha_r,
+    create_generator,
+    display_label,
+    generators,
+    method_dirname,
+)
+from pigeon_bench.metrics import overall
+from pigeon_bench.scenarios import scenarios
+from pigeon_bench.schema import TINY_PROFILE_NOTICE
+
+PROFILES = ("paper", "tiny")
+SELECTION_RULE = "per sample, the α_r maximizing (p_cis + a_cs) / 2, measured on the test images themselves"
+VALID_RULE = "one fixed α_r maximizing the mean of (p_cis + a_cs) / 2 over the valid split"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+# Manifest fields that must match for a rerun to continue an existing run folder.
+_IDENTITY = ("method", "data", "split", "limit", "alpha_r", "seed", "profile", "dtype", "options")
+
+console = Console(stderr=True)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions that can change generated images or scores."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("pigeon-bench", "torch", "numpy", "pillow", "diffusers", "transformers", "open_clip_torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def alpha_dirname(alpha_r: float) -> str:
+    return f"alpha_r={alpha_r:.1f}"
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    return io.read_json(Path(run_dir) / "manifest.json")
+
+
+@dataclass
+class MethodSession:
+    """One method's generator, loaded on first use (a fully resumed run never loads weights)."""
+
+    generator: Generator
+    load_s: float | None = None
+
+    def loaded(self) -> Generator:
+        if self.load_s is None:
+            start = time.perf_counter()
+            self.generator.load()
+            self.load_s = time.perf_counter() - start
+        return self.generator
+
+
+@dataclass
+class GenerateSpec:
+    """What to generate: the arguments of ``pigeon-bench generate``."""
+
+    data: Path
+    method: str
+    split: str = "test"
+    limit: int | None = None
+    alpha_r: float | None = None
+    sweep: bool = False
+    seed: int = 0
+    profile: str = "paper"
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 4
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        check_alpha_r(self.alpha_r)
+        if self.profile not in PROFILES:
+            raise UserError(f"unknown profile {self.profile!r} (known: {', '.join(PROFILES)})")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if self.sweep and self.alpha_r is not None:
+            raise UserError("give either --alpha-r or --sweep, not both")
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["checkpoint=/x", "steps=4"]`` -> ``{"checkpoint": "/x", "steps": 4}`` (JSON values parse)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option expects key=value, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None) -> dict[str, Any]:
+    """Generate one run folder (or a sweep of them) at ``out``; returns the top-level manifest."""
+    spec.check()
+    dataset = Dataset(spec.data)
+    samples = dataset.samples(spec.split, spec.limit)
+    if not samples:
+        raise UserError(f"{dataset.root}: no samples in split {spec.split!r}")
+    for s in samples:
+        if not _SAFE_ID.match(s.sample_id):
+            raise UserError(f"{dataset.root}: sample id {s.sample_id!r} cannot be a file name")
+    session = session or MethodSession(create_generator(spec.method, spec.profile, spec.device, spec.dtype,
+                                                        spec.options))
+    cls = type(session.generator)
+    if (spec.sweep or spec.alpha_r is not None) and not cls.supports_alpha_r:
+        raise UserError(f"method {spec.method!r} has no reference mask ratio (alpha_r)")
+    base = {
+        "method": spec.method, "label": display_label(cls), "group": cls.group,
+        "scenario": dataset.scenario, "data": str(dataset.root.resolve()), "split": spec.split,
+        "limit": spec.limit, "profile": spec.profile, "notice": _notice(spec.profile), "seed": spec.seed,
+        "dtype": spec.dtype, "options": spec.options,
+        "args": {"device": spec.device, "batch_size": spec.batch_size, "sweep": spec.sweep},
+    }
+    if not spec.sweep:
+        return _generate_one(out, {**base, "alpha_r": spec.alpha_r}, session, dataset, samples, spec)
+    top = {**base, "alpha_r": None, "sweep": list(ALPHA_R_GRID)}
+    _check_resumable(out, top)
+    io.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
+    counts = {"n": 0, "generated": 0, "skipped": 0}
+    for a in ALPHA_R_GRID:
+        sub = {**base, "alpha_r": a, "label": f"{base['label']} (α_r={a:.1f})"}
+        m = _generate_one(out / alpha_dirname(a), sub, session, dataset, samples, spec)
+        counts = {k: counts[k] + m["counts"][k] for k in counts}
+    top.update(versions=package_versions(), counts=counts, complete=True,
+               runs=[alpha_dirname(a) for a in ALPHA_R_GRID])
+    io.write_json(out / "manifest.json", top)
+    return top
+
+
+def _notice(profile: str) -> str | None:
+    return TINY_PROFILE_NOTICE if profile == "tiny" else None
+
+
+def _check_resumable(out: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Raise unless ``out`` is empty, absent, or a run folder made with the same arguments."""
+    path = out / "manifest.json"
+    if not path.exists():
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not a run folder (no manifest.json); choose another --out")
+        return None
+    old = io.read_json(path)
+    for key in (*_IDENTITY, "sweep"):
+        if old.get(key) != manifest.get(key):
+            raise UserError(f"{out} was made with {key}={old.get(key)!r}, not {manifest.get(key)!r}; "
+                            "use another --out or delete it")
+    return old
+
+
+def _generate_one(out: Path, manifest: dict[str, Any], session: MethodSession, dataset: Dataset,
+                  samples: list[Sample], spec: GenerateSpec) -> dict[str, Any]:
+    old = _check_resumable(out, manifest)
+    images = out / "images"
+    for stale in (out / "images", out / "meta"):  # temp files of a killed run
+        for tmp in stale.glob(".*.tmp*"):
+            tmp.unlink()
+    pending = [s for s in samples if not (images / f"{s.sample_id}.png").is_file()]
+    skipped = len(samples) - len(pending)
+    if old and old.get("complete") and not pending:
+        return old
+    io.write_json(out / "manifest.json", {**manifest, "versions": package_versions(), "complete": False})
+    start = time.perf_counter()
+    if pending:
+        gen = session.loaded()
+        with _progress() as progress:
+            alpha = "" if manifest["alpha_r"] is None else f" α_r={manifest['alpha_r']:.1f}"
+            task = progress.add_task(f"{spec.method} {manifest['split']}{alpha}", total=len(pending))
+            for i in range(0, len(pending), spec.batch_size):
+                batch = pending[i:i + spec.batch_size]
+                requests = [build_request(dataset, s, spec.seed, manifest["alpha_r"]) for s in batch]
+                results = gen.generate(requests)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{spec.method}: {len(results)} results for {len(batch)} requests")
+                for s, r in zip(batch, results, strict=True):
+                    if r.metadata:
+                        io.write_json(out / "meta" / f"{s.sample_id}.json", r.metadata)
+                    io.save_image(images / f"{s.sample_id}.png", io.to_rgb(r.image))
+                progress.advance(task, len(batch))
+    generate_s = time.perf_counter() - start
+    final = {
+        **manifest,
+        "versions": package_versions(),
+        "models": session.generator.describe() if session.load_s is not None else (old or {}).get("models"),
+        "timings": {"load_s": session.load_s, "generate_s": round(generate_s, 3),
+                    "s_per_image": round(generate_s / len(pending), 4) if pending else None},
+        "counts": {"n": len(samples), "generated": len(pending), "skipped": skipped},
+        "sample_ids": [s.sample_id for s in samples],
+        "complete": True,
+    }
+    io.write_json(out / "manifest.json", final)
+    return final
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+
+
+# ---------------------------------------------------------------- scoring and selection
+
+
+def run_folders(run_dir: Path) -> list[Path]:
+    """The scoreable run folders at ``run_dir``: itself, or a sweep's α_r folders."""
+    manifest = read_manifest(run_dir)
+    if "sweep" in manifest:
+        return [run_dir / alpha_dirname(a) for a in manifest["sweep"]]
+    return [run_dir]
+
+
+def _read_scores(run_dir: Path) -> pd.DataFrame:
+    df = io.read_parquet(run_dir / "scores.parquet", ["sample_id", "p_cis", "a_cs"])
+    return df.assign(sample_id=df["sample_id"].astype(str))
+
+
+def choose_per_sample(scores: dict[float, pd.DataFrame]) -> pd.DataFrame:
+    """Per sample, the α_r maximizing (p_cis + a_cs) / 2 (ties: the smaller α_r).
+
+    Returns columns sample_id, alpha_r, criterion, in the sample order of the first frame.
+    """
+    frames = [pd.DataFrame({"sample_id": df["sample_id"].astype(str).to_numpy(), "alpha_r": a,
+                            "criterion": overall(df["p_cis"].to_numpy(), df["a_cs"].to_numpy())})
+              for a, df in sorted(scores.items())]
+    ids = [set(f["sample_id"]) for f in frames]
+    if any(s != ids[0] for s in ids):
+        raise UserError("the sweep's α_r runs do not hold the same samples; finish generating them first")
+    table = pd.concat(frames, ignore_index=True)
+    if table["criterion"].isna().any():
+        raise UserError("missing p_cis or a_cs scores in the sweep; score it again")
+    best = table.sort_values(["criterion", "alpha_r"], ascending=[False, True], kind="stable")
+    best = best.drop_duplicates("sample_id").set_index("sample_id")
+    return best.loc[frames[0]["sample_id"]].reset_index()
+
+
+def choose_fixed(scores: dict[float, pd.DataFrame]) -> tuple[float, dict[float, float]]:
+    """The one α_r with the largest mean (p_cis + a_cs) / 2 (ties: the smaller α_r), and every α_r's mean."""
+    means = {a: float(overall(df["p_cis"].to_numpy(), df["a_cs"].to_numpy()).mean())
+             for a, df in sorted(scores.items())}
+    best = max(means, key=lambda a: (means[a], -a))
+    return best, means
+
+
+def _sweep_scores(sweep_dir: Path) -> dict[float, pd.DataFrame]:
+    manifest = read_manifest(sweep_dir)
+    if "sweep" not in manifest:
+        raise UserError(f"{sweep_dir} is not a sweep (generate it with --sweep)")
+    return {a: _read_scores(sweep_dir / alpha_dirname(a)) for a in manifest["sweep"]}
+
+
+def _copy_run(dest: Path, manifest: dict[str, Any], picks: list[tuple[str, Path]]) -> None:
+    """Write ``dest`` as a run folder holding the picked (sample_id, source run) images."""
+    for sid, src in picks:
+        io.write_bytes(dest / "images" / f"{sid}.png", (src / "images" / f"{sid}.png").read_bytes())
+        meta = src / "meta" / f"{sid}.json"
+        if meta.is_file():
+            io.write_bytes(dest / "meta" / f"{sid}.json", meta.read_bytes())
+    io.write_json(dest / "manifest.json", manifest)
+
+
+def _clear(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def select_test_time(sweep_dir: Path) -> Path:
+    """Write ``SWEEP/selected/``: per sample, the best α_r by the paper's rule on the test metrics."""
+    scores = _sweep_scores(sweep_dir)
+    picks = choose_per_sample(scores)
+    top = read_manifest(sweep_dir)
+    label = f"test-time best of {len(scores)}"
+    dest = sweep_dir / "selected"
+    _clear(dest)
+    sources = [(sid, sweep_dir / alpha_dirname(a)) for sid, a in picks[["sample_id", "alpha_r"]].to_numpy()]
+    _copy_run(dest, {
+        **{k: v for k, v in top.items() if k not in ("sweep", "runs", "complete")},
+        "label": f"{top['label']} [{label}]", "alpha_r": None, "selection": label,
+        "selection_rule": SELECTION_RULE, "sample_ids": list(picks["sample_id"]), "counts": {"n": len(picks)},
+        "complete": True,
+    }, sources)
+    io.write_parquet(dest / "selection.parquet", picks)
+    return dest
+
+
+def select_on_valid(sweep_dir: Path, valid_sweep: Path) -> Path:
+    """Write ``SWEEP/valid-chosen/``: the test run of the one α_r that scores best on the valid split."""
+    valid_manifest = read_manifest(valid_sweep)
+    if valid_manifest.get("split") != "valid":
+        raise UserError(f"{valid_sweep} is a sweep on split {valid_manifest.get('split')!r}, not 'valid'")
+    best, means = choose_fixed(_sweep_scores(valid_sweep))
+    src = sweep_dir / alpha_dirname(best)
+    manifest = read_manifest(src)
+    dest = sweep_dir / "valid-chosen"
+    _clear(dest)
+    top = read_manifest(sweep_dir)
+    _copy_run(dest, {
+        **{k: v for k, v in manifest.items() if k not in ("timings",)},
+        "label": f"{top['label']} (α_r={best:.1f} chosen on valid)",
+        "selection": f"fixed α_r={best:.1f} chosen on valid",
+        "selection_rule": VALID_RULE, "valid_run": str(valid_sweep.resolve()),
+        "valid_means": {f"{a:.1f}": round(m, 4) for a, m in means.items()},
+    }, [(sid, src) for sid in manifest["sample_ids"]])
+    return dest
+
+
+# ---------------------------------------------------------------- scoring glue
+
+
+def make_scorer(profile: str, device: str = "cpu", batch_size: int = 16):
+    from pigeon_bench.scoring import Scorer
+
+    return Scorer(profile=profile, device=device, batch_size=batch_size)
+
+
+def score(run_dirs: Sequence[Path], scorer) -> None:
+    """Score every run folder with one scorer (its feature cache is shared across runs)."""
+    for d in run_dirs:
+        scorer.score_run(d)
+
+
+def select(sweep_dir: Path, scorer, valid_sweep: Path | None = None) -> list[Path]:
+    """Score a sweep where needed, write its selections and score them; returns the selection folders."""
+    sweeps = [sweep_dir] + ([valid_sweep] if valid_sweep else [])
+    for s in sweeps:
+        score([d for d in run_folders(s) if not (d / "scores.parquet").is_file()], scorer)
+    out = [select_test_time(sweep_dir)]
+    if valid_sweep is not None:
+        out.append(select_on_valid(sweep_dir, valid_sweep))
+    score(out, scorer)
+    return out
+
+
+# ---------------------------------------------------------------- pigeon-bench run
+
+
+@dataclass
+class RunSpec:
+    scenario: str
+    data: Path | None = None
+    methods: list[str] | None = None
+    profile: str | None = None
+    limit: int | None = None
+    out: Path = Path("runs")
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 4
+    valid: bool = True
+
+
+def resolve_data(scenario: str, data: Path | None, profile: str | None) -> tuple[Path, str]:
+    """The dataset folder and profile: ``--data``, else the offline demo world with the tiny profile."""
+    sc = scenarios.get(scenario)
+    if data is not None:
+        return Path(data), profile or "paper"
+    from pigeon_bench.data.demo import ensure_demo_datasets
+
+    folder = ensure_demo_datasets()[sc.demo_key]
+    profile = profile or "tiny"
+    console.print(f"[bold]No --data given: using the offline demo world ({folder}) with the {profile} "
+                  f"profile. {TINY_PROFILE_NOTICE if profile == 'tiny' else ''}[/bold]")
+    return folder, profile
+
+
+def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str, Path]:
+    """generate -> score -> select -> report for each method; returns the report text and its path."""
+    data, profile = resolve_data(spec.scenario, spec.data, spec.profile)
+    dataset = Dataset(data)
+    if dataset.scenario is not None and dataset.scenario != spec.scenario:
+        raise UserError(f"{data} is a {dataset.scenario!r} dataset, not {spec.scenario!r}")
+    methods = spec.methods or generators.names()
+    for m in methods:
+        generators.get(m)
+    has_valid = spec.valid and bool(dataset.samples("valid", 1))
+    root = Path(spec.out) / spec.scenario
+    scorer = make_scorer(profile, spec.device)
+    report_runs: list[Path] = []
+    for method in methods:
+        start = time.perf_counter()
+        session = MethodSession(create_generator(method, profile, spec.device, spec.dtype))
+        sweep = type(session.generator).supports_alpha_r
+        gspec = GenerateSpec(data=data, method=method, limit=spec.limit, sweep=sweep, seed=spec.seed,
+                             profile=profile, device=spec.device, dtype=spec.dtype,
+                             batch_size=spec.batch_size)
+        out = root / method_dirname(method)
+        counts = dict(generate(gspec, out, session)["counts"])
+        if sweep:
+            valid_out = None
+            if has_valid:
+                valid_out = root / "valid" / method_dirname(method)
+                vm = generate(replace(gspec, split="valid"), valid_out, session)
+                counts = {k: counts[k] + vm["counts"][k] for k in counts}
+            score(run_folders(out), scorer)
+            if valid_out is not None:
+                score(run_folders(valid_out), scorer)
+            report_runs += select(out, scorer, valid_out) + run_folders(out)
+        else:
+            score([out], scorer)
+            report_runs.append(out)
+        log(f"{method}: {counts['generated']} generated, {counts['skipped']} skipped (already on disk), "
+            f"{time.perf_counter() - start:.1f} s")
+        del session
+    from pigeon_bench.report import build_report
+
+    text = build_report(report_runs, scenario=spec.scenario)
+    path = root / "report.md"
+    io.write_text(path, text)
+    return text, path

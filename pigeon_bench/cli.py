@@ -35,11 +35,22 @@ app.add_typer(human_eval_app, name="human-eval")
 
 # ---------------------------------------------------------------- data (issue 2)
 
+
+
+class _ScenarioCommands(typer.core.TyperGroup):
+    """`data build SCENARIO`: an unknown scenario is a one-line user error, not a usage screen."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            raise UserError(f"unknown scenario {args[0]!r} (known: {', '.join(sorted(self.commands))})")
+        return super().resolve_command(ctx, args)
+
+
 data_build_app = typer.Typer(help="Build a scenario dataset from its raw release (paper §3.1.1).",
-                             no_args_is_help=True, rich_markup_mode=None)
+                             no_args_is_help=True, rich_markup_mode=None, cls=_ScenarioCommands)
 data_app.add_typer(data_build_app, name="build")
-_SPLIT_MODE_HELP = ("random: all windows shuffled and cut 8:1:1 (the paper's wording); temporal: each user's latest "
-                    "windows go to valid/test")
+_SPLIT_MODE_HELP = ("random: all windows shuffled and cut 8:1:1 (the paper's wording); temporal: each "
+                    "user's latest windows go to valid/test")
 
 
 def _print_dataset_stats(stats: dict, title: str) -> None:
@@ -53,8 +64,9 @@ def _print_dataset_stats(stats: dict, title: str) -> None:
     for key in ("scenario", "users", "items", "samples"):
         if key in stats:
             table.add_row(key, f"{stats[key]:,}" if isinstance(stats[key], int) else str(stats[key]))
-    for split, n in stats.get("splits", {}).items():
-        table.add_row(f"samples ({split})", f"{n:,}")
+    for split in ("train", "valid", "test"):
+        if split in stats.get("splits", {}):
+            table.add_row(f"samples ({split})", f"{stats['splits'][split]:,}")
     for key, n in stats.get("dropped", {}).items():
         table.add_row(f"dropped: {key.replace('_', ' ')}", f"{n:,}")
     for key in sorted(set(stats) - {"scenario", "users", "items", "samples", "splits", "dropped"}):
@@ -75,14 +87,14 @@ def data_build_movie(
     raw: Annotated[Path, typer.Option(help="ml-latest-small folder (ratings.csv, movies.csv, links.csv).")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
     images: Annotated[Path | None, typer.Option(
-        help="Poster folder (<movieId>.jpg); interactions without a poster are dropped before windowing.")] = None,
+        help="Poster folder (<movieId>.jpg); interactions without a poster are dropped first.")] = None,
     min_rating: Annotated[float, typer.Option(help="Keep ratings >= this.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     split_mode: Annotated[str, typer.Option(help=_SPLIT_MODE_HELP)] = "random",
     overviews: Annotated[Path | None, typer.Option(
         help="Optional CSV (movieId, overview) appended to each poster's semantics text.")] = None,
 ) -> None:
-    """Movie posters from MovieLens ml-latest-small: ratings >= 4 by time, windows of 6 (5 history + target)."""
+    """Movie posters from MovieLens ml-latest-small: ratings >= 4 by time, windows of 5 history + target."""
     from pigeon_bench.data.movie import build_movie
 
     result = build_movie(raw, out, images=images, min_rating=min_rating, seed=seed,
@@ -92,7 +104,8 @@ def data_build_movie(
 
 @data_build_app.command("sticker")
 def data_build_sticker(
-    raw: Annotated[Path, typer.Option(help="SER30K folder (Annotations/{train,val,test}.json, Images/<topic>/).")],
+    raw: Annotated[Path, typer.Option(
+        help="SER30K folder (Annotations/{train,val,test}.json, Images/<topic>/<file_name>).")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
     seed: Annotated[int, typer.Option(help="Split and reference seed.")] = 0,
     split_mode: Annotated[str, typer.Option(help=_SPLIT_MODE_HELP)] = "random",
@@ -120,11 +133,11 @@ def data_demo(
     movies_per_genre: Annotated[int, typer.Option(help="Movies per genre (8 genres).")] = 8,
     image_size: Annotated[int, typer.Option(help="Sticker side and poster height in pixels.")] = 256,
 ) -> None:
-    """Write the offline demo world: procedural stickers (SER30K layout) and posters (ml-latest-small layout)."""
+    """Write the offline demo world: procedural stickers (SER30K layout), posters (ml-latest-small layout)."""
     from pigeon_bench.data.demo import DemoSizes, write_demo_world
 
     if min(themes, users, movies_per_genre) < 2 or image_size < 32:
-        raise UserError("demo sizes too small: need themes, users, movies-per-genre >= 2 and image-size >= 32")
+        raise UserError("demo sizes too small: themes, users, movies-per-genre >= 2 and image-size >= 32")
     sizes = DemoSizes(themes=themes, users=users, movies_per_genre=movies_per_genre, image_size=image_size)
     paths = write_demo_world(out, seed=seed, sizes=sizes)
     for scenario, path in paths.items():
@@ -133,7 +146,7 @@ def data_demo(
 
 @data_app.command("stats")
 def data_stats(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (items.parquet, samples.parquet, stats.json).")],
+    data: Annotated[Path, typer.Argument(help="Dataset folder (items.parquet, samples.parquet, stats.json)")],
 ) -> None:
     """Print a dataset's statistics (Table 4 counts and per-split samples)."""
     from pigeon_bench.data import Dataset
@@ -142,6 +155,22 @@ def data_stats(
     dataset.samples_df  # noqa: B018 - validates samples.parquet and its columns
     dataset.items_df  # noqa: B018
     _print_dataset_stats(dataset.stats, str(data))
+
+
+@data_app.command("import-official")
+def data_import_official(
+    src: Annotated[Path, typer.Argument(help="The official Pigeon processed_seq folder (train.npy, ...).")],
+    scenario: Annotated[str, typer.Option(help="sticker or movie.")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    images: Annotated[Path | None, typer.Option(
+        help="Image folder that all_image_paths.npy is relative to (default: ../Images for stickers, "
+             "../poster for movies).")] = None,
+) -> None:
+    """Import the official Pigeon data (pickled numpy files: only import files you trust)."""
+    from pigeon_bench.data.official import import_official
+
+    result = import_official(src, scenario, out, images=images)
+    _print_dataset_stats(result.stats, f"{scenario} dataset imported to {result.out}")
 
 # ---------------------------------------------------------------- models, score (issue 3)
 

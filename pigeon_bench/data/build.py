@@ -5,6 +5,7 @@ Both scenario builders and the official-layout import end here, so every dataset
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import pandas as pd
 
-from pigeon_bench.data.model import ITEM_COLUMNS, N_HISTORY, SPLITS, write_dataset
+from pigeon_bench.data.model import N_HISTORY, SPLITS, write_dataset
 from pigeon_bench.errors import UserError
 
 WINDOW = N_HISTORY + 1  # 5 history items + the target
@@ -140,18 +141,14 @@ def dataset_stats(scenario: str, samples: pd.DataFrame, **extra) -> dict:
 
 def used_item_ids(samples: pd.DataFrame) -> set[str]:
     """Every item id a sample mentions."""
-    ids: set[str] = set()
-    for history in samples["history"]:
-        ids.update(history)
-    ids.update(samples["target_id"])
-    ids.update(samples["reference_id"])
-    return ids
+    ids = set(itertools.chain.from_iterable(samples["history"].tolist()))
+    return ids | set(samples["target_id"].tolist()) | set(samples["reference_id"].tolist())
 
 
-def image_path_for(path: Path, out: Path, relative: bool) -> str:
-    """The path recorded in items.parquet: absolute, or relative to the dataset folder when ``relative``."""
-    path = Path(os.path.abspath(path))
-    return os.path.relpath(path, os.path.abspath(out)) if relative else str(path)
+def image_dir_for(folder: Path, out: Path, relative: bool) -> str:
+    """How paths under ``folder`` start in items.parquet: absolute, or relative to the dataset folder."""
+    folder_abs = os.path.abspath(folder)
+    return os.path.relpath(folder_abs, os.path.abspath(out)) if relative else folder_abs
 
 
 def finish(
@@ -170,8 +167,6 @@ def finish(
     if unknown:
         raise UserError(f"samples mention {len(unknown)} unknown item id(s), e.g. {sorted(unknown)[0]!r}")
     items = items[items["item_id"].isin(used)].reset_index(drop=True)
-    extra_columns = [c for c in items.columns if c not in ITEM_COLUMNS]
-    items = items[ITEM_COLUMNS + extra_columns]
     stats = dataset_stats(scenario, samples, dropped=dict(dropped), **extra)
     write_dataset(out, items, samples, stats)
     return BuildResult(Path(out), stats, dict(dropped))

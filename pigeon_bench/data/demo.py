@@ -11,6 +11,7 @@ purpose (the embedded default of ``pigeon-bench run``), yet its users have learn
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -454,27 +455,32 @@ def build_demo_datasets(world: Path, out: Path, seed: int = 0,
     return {"sticker": out / "sticker", "movie": out / "movie"}
 
 
-def ensure_demo_datasets(cache_root: str | Path | None = None, seed: int = 0) -> dict[str, Path]:
+def ensure_demo_datasets(cache_root: str | Path | None = None, seed: int = 0,
+                         sizes: DemoSizes | None = None) -> dict[str, Path]:
     """The demo datasets {"sticker": dir, "movie": dir}, built once into ``<cache>/demo/v<N>/seed-<seed>/``.
 
     The world and both datasets are written to a temporary folder that is renamed into place, under a file
-    lock, so concurrent callers either build it or wait and reuse it.
+    lock, so concurrent callers either build it or wait and reuse it. Other ``sizes`` get their own folder.
     """
     from filelock import FileLock
 
+    sizes = sizes or DemoSizes()
+    name = f"seed-{seed}"
+    if sizes != DemoSizes():
+        name += "-" + "-".join(str(v) for v in dataclasses.astuple(sizes))
     base = cache_dir(cache_root) / "demo" / f"v{DEMO_VERSION}"
-    final = base / f"seed-{seed}"
+    final = base / name
     result = {"sticker": final / "sticker", "movie": final / "movie"}
     if final.is_dir():
         return result
     base.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base / f"seed-{seed}.lock")):
+    with FileLock(str(base / f"{name}.lock")):
         if final.is_dir():
             return result
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".seed-{seed}-"))
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}-"))
         tmp.chmod(0o755)
         try:
-            write_demo_world(tmp / "world", seed)
+            write_demo_world(tmp / "world", seed, sizes)
             build_demo_datasets(tmp / "world", tmp, seed)
             os.replace(tmp, final)
         finally:

@@ -78,7 +78,8 @@ class Dataset:
         for r in df.itertuples(index=False):
             history = tuple(str(h) for h in r.history)
             if len(history) != N_HISTORY:
-                raise UserError(f"{self.root / 'samples.parquet'}: sample {r.sample_id} has {len(history)} history items, expected {N_HISTORY}")
+                raise UserError(f"{self.root / 'samples.parquet'}: sample {r.sample_id} has {len(history)} "
+                                f"history items, expected {N_HISTORY}")
             out.append(Sample(str(r.sample_id), str(r.user_id), history, str(r.target_id),
                               str(r.reference_id), str(r.split), str(r.instruction)))
         return out
@@ -99,9 +100,13 @@ class Dataset:
 
 
 def write_dataset(out: str | Path, items: pd.DataFrame, samples: pd.DataFrame, stats: dict) -> None:
-    """Write a dataset folder deterministically; each file goes through a temporary path and a rename."""
+    """Write a dataset folder deterministically; each file goes through a temporary path and a rename.
+
+    Items may carry extra metadata columns after the required ones (e.g. theme/emotion, title/genres).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    io.write_parquet(out / "items.parquet", items[ITEM_COLUMNS].reset_index(drop=True))
+    item_columns = ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]
+    io.write_parquet(out / "items.parquet", items[item_columns].reset_index(drop=True))
     io.write_parquet(out / "samples.parquet", samples[SAMPLE_COLUMNS].reset_index(drop=True))
     io.write_json(out / "stats.json", stats)

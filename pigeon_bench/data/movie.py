@@ -6,6 +6,7 @@ and a window of 6 slides with step 1: 5 history posters and the target poster, w
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pigeon_bench.data.build import (
     BuildResult,
     SplitMode,
     finish,
-    image_path_for,
+    image_dir_for,
     progress,
     windows_to_samples,
 )
@@ -35,7 +36,7 @@ def read_csv(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()
     if not path.is_file():
         raise UserError(f"missing file: {path}")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, keep_default_na=False, dtype={c: str for c in columns if c not in numeric})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read CSV {path}: {str(exc).strip().splitlines()[0]}") from None
     missing = [c for c in columns if c not in df.columns]
@@ -43,12 +44,11 @@ def read_csv(path: Path, columns: tuple[str, ...], numeric: tuple[str, ...] = ()
         found = ", ".join(map(str, df.columns))
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (found: {found})")
     for col in numeric:
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{path}: column {col} row {row + 2}: not a number: {df[col].iloc[row]!r}")
-        df[col] = values
+        if pd.api.types.is_numeric_dtype(df[col]) and not df[col].isna().any():
+            continue
+        bad = pd.to_numeric(df[col], errors="coerce").isna().to_numpy()
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{path}: column {col} row {row + 2}: not a number: {str(df[col].iloc[row])!r}")
     return df
 
 
@@ -132,12 +132,14 @@ def build_movie(
     ]
     samples = windows_to_samples(sequences, scenarios.get("movie").instruction, split_mode, seed)
 
-    movies = movies.merge(links[list(LINKS_COLUMNS)], on="movieId", how="left")
     movies["movieId"] = movies["movieId"].astype(np.int64)
+    movies = movies[movies["movieId"].isin(set(ratings["movieId"].tolist()))]
+    links["movieId"] = links["movieId"].astype(np.int64)
+    movies = movies.merge(links[list(LINKS_COLUMNS)], on="movieId", how="left")
+    poster_prefix = image_dir_for(poster_dir, out, relative_paths)
     items = pd.DataFrame({
         "item_id": movies["movieId"].astype(str),
-        "image_path": [image_path_for(poster_dir / f"{m}{POSTER_SUFFIX}", out, relative_paths)
-                       for m in movies["movieId"]],
+        "image_path": [os.path.join(poster_prefix, f"{m}{POSTER_SUFFIX}") for m in movies["movieId"]],
         "semantics": [movie_semantics(t, g, overview_by_movie.get(m, ""))
                       for m, t, g in zip(movies["movieId"], movies["title"], movies["genres"], strict=True)],
         "title": movies["title"].astype(str),

@@ -15,6 +15,7 @@ Unpickling can run code: import only files from a source you trust.
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pigeon_bench.data.build import WINDOW, BuildResult, finish, image_path_for
+from pigeon_bench.data.build import WINDOW, BuildResult, finish, image_dir_for
 from pigeon_bench.errors import UserError
 
 SPLIT_FILES = {"train": "train.npy", "valid": "valid.npy", "test": "test.npy"}
@@ -111,9 +112,10 @@ def import_official(
     if len(duplicates):
         raise UserError(f"{src}: user/group ids collide once made file-name safe (e.g. {duplicates.iloc[0]})")
 
+    image_prefix = image_dir_for(image_root, out, relative_paths)
     items = pd.DataFrame({
         "item_id": [str(i) for i in range(len(paths))],
-        "image_path": [image_path_for(image_root / p, out, relative_paths) for p in paths],
+        "image_path": [os.path.join(image_prefix, p) for p in paths],
         "semantics": semantics,
     })
     info_file, fields = ITEM_INFO[scenario]

@@ -10,6 +10,7 @@ sticker of another theme.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from pigeon_bench.data.build import (
     BuildResult,
     SplitMode,
     finish,
-    image_path_for,
+    image_dir_for,
     pick_other_group_references,
     windows_to_samples,
 )
@@ -161,9 +162,10 @@ def build_sticker(
     annos = annos.sort_values(["topic", "_key"], kind="stable").drop(columns="_key").reset_index(drop=True)
     annos["item_id"] = [str(i) for i in range(len(annos))]
     annos["emotion"] = [names[a] for a in annos["anno"]]
+    images_prefix = image_dir_for(images_root, out, relative_paths)
     items = pd.DataFrame({
         "item_id": annos["item_id"],
-        "image_path": [image_path_for(images_root / t / f, out, relative_paths)
+        "image_path": [os.path.join(images_prefix, t, f)
                        for t, f in zip(annos["topic"], annos["file_name"], strict=True)],
         "semantics": [sticker_semantics(e, t) for e, t in zip(annos["emotion"], annos["text"], strict=True)],
         "theme": annos["topic"],

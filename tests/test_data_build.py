@@ -97,7 +97,8 @@ def test_other_group_reference_needs_two_themes():
 def test_scenario_registry():
     assert set(scenarios.names()) >= {"sticker", "movie"}
     sticker = scenarios.get("sticker")
-    assert sticker.instruction == "generate a sticker with the same emotional semantics as this reference image"
+    assert sticker.instruction == ("generate a sticker with the same emotional semantics as this "
+                                   "reference image")
     assert sticker.demo_key == "sticker"
     assert sticker.builder_fn().__name__ == "build_sticker"
     assert scenarios.get("movie").builder_fn().__name__ == "build_movie"

@@ -318,7 +318,7 @@ def select_test_time(sweep_dir: Path) -> Path:
     sources = [(sid, sweep_dir / alpha_dirname(a)) for sid, a in picks[["sample_id", "alpha_r"]].to_numpy()]
     _copy_run(dest, {
         **{k: v for k, v in top.items() if k not in ("sweep", "runs", "complete")},
-        "label": f"{top['label']} [{label}]", "alpha_r": None, "selection": label,
+        "alpha_r": None, "selection": label,
         "selection_rule": SELECTION_RULE, "sample_ids": list(picks["sample_id"]), "counts": {"n": len(picks)},
         "complete": True,
     }, sources)
@@ -339,8 +339,7 @@ def select_on_valid(sweep_dir: Path, valid_sweep: Path) -> Path:
     top = read_manifest(sweep_dir)
     _copy_run(dest, {
         **{k: v for k, v in manifest.items() if k not in ("timings",)},
-        "label": f"{top['label']} (α_r={best:.1f} chosen on valid)",
-        "selection": f"fixed α_r={best:.1f} chosen on valid",
+        "label": top["label"], "selection": f"fixed α_r={best:.1f} chosen on valid",
         "selection_rule": VALID_RULE, "valid_run": str(valid_sweep.resolve()),
         "valid_means": {f"{a:.1f}": round(m, 4) for a, m in means.items()},
     }, [(sid, src) for sid in manifest["sample_ids"]])
@@ -409,6 +408,9 @@ def resolve_data(scenario: str, data: Path | None, profile: str | None) -> tuple
 def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str, Path]:
     """generate -> score -> select -> report for each method; returns the report text and its path."""
     data, profile = resolve_data(spec.scenario, spec.data, spec.profile)
+    template = GenerateSpec(data=data, method="", limit=spec.limit, seed=spec.seed, profile=profile,
+                            device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size)
+    template.check()
     dataset = Dataset(data)
     if dataset.scenario is not None and dataset.scenario != spec.scenario:
         raise UserError(f"{data} is a {dataset.scenario!r} dataset, not {spec.scenario!r}")
@@ -420,29 +422,9 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str,
     scorer = make_scorer(profile, spec.device)
     report_runs: list[Path] = []
     for method in methods:
-        start = time.perf_counter()
         session = MethodSession(create_generator(method, profile, spec.device, spec.dtype))
-        sweep = type(session.generator).supports_alpha_r
-        gspec = GenerateSpec(data=data, method=method, limit=spec.limit, sweep=sweep, seed=spec.seed,
-                             profile=profile, device=spec.device, dtype=spec.dtype,
-                             batch_size=spec.batch_size)
-        out = root / method_dirname(method)
-        counts = dict(generate(gspec, out, session)["counts"])
-        if sweep:
-            valid_out = None
-            if has_valid:
-                valid_out = root / "valid" / method_dirname(method)
-                vm = generate(replace(gspec, split="valid"), valid_out, session)
-                counts = {k: counts[k] + vm["counts"][k] for k in counts}
-            score(run_folders(out), scorer)
-            if valid_out is not None:
-                score(run_folders(valid_out), scorer)
-            report_runs += select(out, scorer, valid_out) + run_folders(out)
-        else:
-            score([out], scorer)
-            report_runs.append(out)
-        log(f"{method}: {counts['generated']} generated, {counts['skipped']} skipped (already on disk), "
-            f"{time.perf_counter() - start:.1f} s")
+        gspec = replace(template, method=method, sweep=type(session.generator).supports_alpha_r)
+        report_runs += _run_method(gspec, root, session, scorer, has_valid, log)
         del session
     from pigeon_bench.report import build_report
 
@@ -450,3 +432,21 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str,
     path = root / "report.md"
     io.write_text(path, text)
     return text, path
+
+
+def _run_method(gspec: GenerateSpec, root: Path, session: MethodSession, scorer, has_valid: bool,
+                log: Callable[[str], None]) -> list[Path]:
+    """One method of ``run``: its test run (a sweep, plus a valid sweep if possible), scored and selected."""
+    start = time.perf_counter()
+    out = root / method_dirname(gspec.method)
+    manifests = [generate(gspec, out, session)]
+    valid_out = root / "valid" / method_dirname(gspec.method) if gspec.sweep and has_valid else None
+    if valid_out is not None:
+        manifests.append(generate(replace(gspec, split="valid"), valid_out, session))
+    generated_s = time.perf_counter() - start
+    score(run_folders(out) + (run_folders(valid_out) if valid_out else []), scorer)
+    folders = select(out, scorer, valid_out) + run_folders(out) if gspec.sweep else [out]
+    counts = {k: sum(m["counts"][k] for m in manifests) for k in ("generated", "skipped")}
+    log(f"{gspec.method}: {counts['generated']} images generated, {counts['skipped']} skipped (already on "
+        f"disk); generation {generated_s:.1f} s, scoring {time.perf_counter() - start - generated_s:.1f} s")
+    return folders

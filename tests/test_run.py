@@ -226,7 +226,7 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     assert image_bytes(selected)["s0.png"] == image_bytes(test_sweep / "alpha_r=0.3")["s0.png"]
     assert image_bytes(selected)["s1.png"] == image_bytes(test_sweep / "alpha_r=0.8")["s1.png"]
     m = runs.read_manifest(selected)
-    assert m["selection"] == "test-time best of 11" and "test-time best of 11" in m["label"]
+    assert m["selection"] == "test-time best of 11" and m["label"] == "noise"
     assert m["alpha_r"] is None and "sweep" not in m and m["sample_ids"] == ["s0", "s1"]
 
     # On the valid split both samples peak at 0.6: one α_r for every test sample, chosen without test metrics.

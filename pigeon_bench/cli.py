@@ -273,7 +273,8 @@ def _emit(text: str, out: Path | None) -> None:
 def report(
     runs: Annotated[list[Path] | None, typer.Argument(
         help="Scored run folders (a sweep folder stands for its selected/ run).")] = None,
-    scenario: Annotated[str | None, typer.Option(help="Only this scenario (required to match every run).")] = None,
+    scenario: Annotated[str | None, typer.Option(
+        help="Only this scenario (required to match every run).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md, latex, csv or html.")] = "md",
     paper: Annotated[bool, typer.Option(
         "--paper", help="Put the paper's numbers beside ours (alone when no run is given).")] = False,
@@ -292,7 +293,8 @@ def report(
         if runs:
             raise UserError("give either RUN folders (Table 1) or --ablation NAME=RUN, not both")
         named = [rep.parse_named_run(a) for a in ablation]
-        text = rep.build_ablation(named, fmt=fmt, paper=paper, columns=tuple(metric or rep.TABLE3_COLUMNS), ci=ci)
+        columns = tuple(metric or rep.TABLE3_COLUMNS)
+        text = rep.build_ablation(named, fmt=fmt, paper=paper, columns=columns, ci=ci)
     else:
         if metric:
             raise UserError("--metric applies to --ablation tables only")
@@ -302,9 +304,11 @@ def report(
 
 @app.command("plot-sweep")
 def plot_sweep(
-    sweeps: Annotated[list[Path], typer.Argument(help="Sweep folders with alpha_r=... (or alpha_h=...) sub-runs.")],
+    sweeps: Annotated[list[Path], typer.Argument(
+        help="Sweep folders with alpha_r=... (or alpha_h=...) sub-runs.")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")],
-    metric: Annotated[list[str] | None, typer.Option(help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
 ) -> None:
     """Fig. 4-style line plots of metrics against the swept mask ratio, one line per sweep."""
     from pigeon_bench.report import plot_sweeps
@@ -319,7 +323,8 @@ def compare(
     gate: Annotated[list[str] | None, typer.Option(
         help="METRIC:TOLERANCE, signed in the worse direction, e.g. overall:-0.5 or fid:+2 (repeatable); "
              "default: every metric at 0.")] = None,
-    alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm over gated metrics).")] = 0.05,
+    alpha: Annotated[float, typer.Option(
+        help="Family-wise significance level (Holm over gated metrics).")] = 0.05,
     fmt: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
     n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 2000,
     n_perm: Annotated[int, typer.Option(help="Permutations (exact enumeration when 2^n is smaller).")] = 2000,
@@ -332,7 +337,8 @@ def compare(
     if fmt not in COMPARE_FORMATS:
         raise UserError(f"unknown format {fmt!r} (known: {', '.join(COMPARE_FORMATS)})")
     gates = dict(parse_gate(g) for g in gate or [])
-    result = compare_runs(base, candidate, gates or None, alpha=alpha, n_boot=n_boot, n_perm=n_perm, seed=seed)
+    result = compare_runs(base, candidate, gates or None, alpha=alpha, n_boot=n_boot, n_perm=n_perm,
+                          seed=seed)
     text = result.to_json() if fmt == "json" else result.to_markdown()
     if out is not None:
         _emit(text, out)
@@ -349,7 +355,8 @@ def human_eval_make(
     aspect: Annotated[str, typer.Option(help="personalization or semantic_alignment.")],
     out: Annotated[Path, typer.Option(help="Kit folder to create (must be new or empty).")],
     n: Annotated[int, typer.Option("--n", help="Cases (binary-choice tasks).")] = 50,
-    checks: Annotated[int | None, typer.Option(help="Attention-check tasks; default n // 10, at least 1.")] = None,
+    checks: Annotated[int | None, typer.Option(
+        help="Attention-check tasks; default n // 10, at least 1.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case sample and the left/right order.")] = 0,
     base_url: Annotated[str, typer.Option(
         help="Prefix of image URLs in batch.csv (where DIR/ is hosted, ending in /).")] = "",
@@ -358,24 +365,27 @@ def human_eval_make(
     from pigeon_bench.human_eval import make_kit
 
     info = make_kit(run_a, run_b, aspect, out, n=n, checks=checks, seed=seed, base_url=base_url)
-    typer.echo(f"{out}: {info['cases']} cases + {info['checks']} attention checks ({info['labels']['a']} vs "
-               f"{info['labels']['b']}, {info['aspect']}, {info['scenario']}); upload batch.csv, keep key.csv",
-               err=True)
+    typer.echo(f"{out}: {info['cases']} cases + {info['checks']} attention checks ({info['labels']['a']} "
+               f"vs {info['labels']['b']}, {info['aspect']}, {info['scenario']}); upload batch.csv, "
+               "keep key.csv private", err=True)
 
 
 @human_eval_app.command("score")
 def human_eval_score(
-    responses: Annotated[list[Path], typer.Argument(help="Results CSVs (MTurk batch results or task_id,worker_id,choice).")],
+    responses: Annotated[list[Path], typer.Argument(
+        help="Results CSVs (MTurk batch results, or columns task_id, worker_id, choice).")],
     key: Annotated[list[Path] | None, typer.Option(
         help="Answer keys (repeatable); default: key.csv beside each responses file.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md (Table 2 layout) or csv.")] = "md",
-    paper: Annotated[bool, typer.Option("--paper", help="Show the paper's Table 2 value in each cell.")] = False,
+    paper: Annotated[bool, typer.Option(
+        "--paper", help="Show the paper's Table 2 value in each cell.")] = False,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Preference rates with 95% CIs in Table 2's layout; failed attention checks excluded and counted."""
-    from pigeon_bench.human_eval import render_table2, score_responses
+    from pigeon_bench.human_eval import check_format, render_table2, score_responses
 
+    check_format(fmt)
     _emit(render_table2(score_responses(responses, key or [], seed=seed), fmt=fmt, paper=paper), out)
 
 

@@ -5,15 +5,16 @@ percentile bootstrap (the same resampled sample ids for both runs); its p-value 
 permutation test (randomly swapping the two runs' values within each sample; exact for tiny runs).
 Overall = (p_cis + a_cs) / 2 is computed from the resampled p_cis and a_cs means of each run.
 
-FID: a run folder exposes no per-sample Inception features, so no paired FID test is possible from it. FID uses
-an unpaired normal approximation from the two bootstrap CIs in summary.json (se = CI width / 2z). Two runs on
-the same samples are positively correlated, so ignoring the pairing overstates the variance of the delta: the
-test is conservative (it can miss a small FID regression, it does not add false alarms).
+FID: a run folder exposes no per-sample Inception features (scoring keeps them in its feature cache only),
+so no paired FID test is possible from the run folders. FID uses an unpaired normal approximation from the two
+bootstrap CIs in summary.json (se = CI width / 2z). Two runs on the same samples are positively correlated, so
+ignoring the pairing overstates the variance of the delta: the test is conservative (it can miss a small FID
+regression; it adds no false alarms).
 
-Gates: ``metric:tolerance`` with the tolerance signed in the metric's worse direction (``overall:-0.5`` allows
-Overall to drop by up to 0.5, ``fid:+2`` allows FID to rise by up to 2). A gated metric fails when its change is
-significant after Holm's correction over the gated metrics (p < alpha) and the whole (1 - alpha) CI of the
-delta lies beyond the tolerance. Without any gate, every metric is gated at tolerance 0.
+Gates: ``metric:tolerance`` with the tolerance signed in the metric's worse direction (``overall:-0.5``
+allows Overall to drop by up to 0.5, ``fid:+2`` allows FID to rise by up to 2). A gated metric fails
+when its change is significant after Holm's correction over the gated metrics (p < alpha) and the whole
+(1 - alpha) CI of the delta lies beyond the tolerance. Without any gate, every metric is gated at tolerance 0.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from scipy.stats import norm
 from pigeon_bench import io
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import overall
-from pigeon_bench.report import DIGITS, format_value, load_summary, resolve_run
+from pigeon_bench.report import DIGITS, TABLE1_COLUMNS, format_value, load_summary, resolve_run
 from pigeon_bench.schema import HIGHER_IS_BETTER, METRICS, PER_SAMPLE_METRICS
 from pigeon_bench.stats import DEFAULT_N_PERM, holm, paired_test
 
@@ -41,7 +42,7 @@ PAIRED_METHOD = "paired bootstrap CI, paired permutation p"
 
 
 def parse_gate(text: str) -> tuple[str, float]:
-    """``metric[:tolerance]`` -> (metric, tolerance); the tolerance is signed in the metric's worse direction."""
+    """``metric[:tolerance]`` -> (metric, tolerance), the tolerance signed in the metric's worse direction."""
     metric, sep, value = text.strip().partition(":")
     metric = metric.strip()
     if metric not in METRICS:
@@ -52,11 +53,11 @@ def parse_gate(text: str) -> tuple[str, float]:
         raise UserError(f"gate {text!r}: tolerance {value!r} is not a number") from None
     if not math.isfinite(tol):
         raise UserError(f"gate {text!r}: tolerance must be finite")
-    worse = "drop" if HIGHER_IS_BETTER[metric] else "rise"
-    if (HIGHER_IS_BETTER[metric] and tol > 0) or (not HIGHER_IS_BETTER[metric] and tol < 0):
-        sign = "-" if HIGHER_IS_BETTER[metric] else "+"
-        raise UserError(f"gate {text!r}: {metric} is {'higher' if HIGHER_IS_BETTER[metric] else 'lower'}-is-better, "
-                        f"so its tolerance is the allowed {worse}, written {metric}:{sign}{abs(tol):g}")
+    up = HIGHER_IS_BETTER[metric]
+    if (up and tol > 0) or (not up and tol < 0):
+        raise UserError(f"gate {text!r}: {metric} is {'higher' if up else 'lower'}-is-better, so its "
+                        f"tolerance is the allowed {'drop' if up else 'rise'}, written "
+                        f"{metric}:{'-' if up else '+'}{abs(tol):g}")
     return metric, tol
 
 
@@ -103,7 +104,8 @@ class Comparison:
         status = f"FAIL ({', '.join(self.failed)})" if self.failed else "PASS"
         level = round((1 - self.alpha) * 100, 2)
         lines = [f"## pigeon-bench compare: {status}", ""]
-        lines.extend(f"> **{n}**" for n in self.notices)
+        for n in self.notices:
+            lines += [f"> **{n}**", ""]
         lines += [
             f"Base `{self.base}` vs candidate `{self.candidate}` on the same {self.n} samples. "
             f"Delta = candidate - base; {level:g}% CI: paired bootstrap ({self.n_boot} resamples), "
@@ -191,13 +193,14 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
     out = Comparison(base=str(base_dir), candidate=str(cand_dir), n=len(b), alpha=alpha, n_boot=n_boot,
                      n_perm=n_perm, seed=seed, notices=notices)
     level = 1 - alpha
-    for m in METRICS:
+    for m in TABLE1_COLUMNS:  # Overall first, FID last, as in Table 1
         hib = HIGHER_IS_BETTER[m]
         if m == "fid":
             bm, cm = base_sum["metrics"]["fid"], cand_sum["metrics"]["fid"]
             bmean, cmean = _float(bm.get("mean")), _float(cm.get("mean"))
             lo, hi, p = _fid_result({**bm, "mean": bmean}, {**cm, "mean": cmean}, alpha)
-            out.results.append(MetricResult(m, bmean, cmean, cmean - bmean, lo, hi, p, hib, FID_METHOD, len(b)))
+            out.results.append(MetricResult(m, bmean, cmean, cmean - bmean, lo, hi, p, hib, FID_METHOD,
+                                            len(b)))
             continue
         cols = ["p_cis", "a_cs"] if m == "overall" else [m]
         bv, cv = b[cols].to_numpy(np.float64), c[cols].to_numpy(np.float64)
@@ -206,8 +209,8 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
         t = paired_test(bv[ok], cv[ok], combine, n_boot=n_boot, n_perm=n_perm, seed=seed, level=level)
         means = bv[ok].mean(axis=0) if ok.any() else np.full(len(cols), np.nan)
         bmean = float(overall(means[0], means[1])) if m == "overall" else float(means[0])
-        out.results.append(MetricResult(m, bmean, bmean + t.delta, t.delta, t.lo, t.hi, t.p, hib, PAIRED_METHOD,
-                                        t.n))
+        out.results.append(MetricResult(m, bmean, bmean + t.delta, t.delta, t.lo, t.hi, t.p, hib,
+                                        PAIRED_METHOD, t.n))
     _decide(out.results, gates, alpha)
     return out
 
@@ -217,7 +220,7 @@ def _float(x) -> float:
 
 
 def _decide(results: list[MetricResult], gates: dict[str, float], alpha: float) -> None:
-    """Verdicts: Holm over the gated metrics; a gated metric FAILs when significantly worse beyond its gate."""
+    """Verdicts: Holm over the gated metrics; a gated metric FAILs if significantly worse beyond its gate."""
     gated = [r for r in results if r.metric in gates]
     for r, p_adj in zip(gated, holm([r.p for r in gated]), strict=True):
         r.gate, r.p_holm = gates[r.metric], p_adj

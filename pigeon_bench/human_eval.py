@@ -2,7 +2,8 @@
 
 ``make_kit`` writes a folder ready for a crowdsourcing platform (MTurk batch shape: one row per HIT):
 
-    DIR/batch.csv           upload this: task_id, question, image URLs (history_1..5 or reference), left, right
+    DIR/batch.csv           upload this: task_id, question, image URLs (history_1..5 or reference),
+                            left_image, right_image
     DIR/hit_template.html   the HIT layout (${...} placeholders; answer field "choice" = left / right)
     DIR/images/             every image, named by content hash (names reveal neither method nor side)
     DIR/tasks/*.html        static previews of every task; DIR/index.html lists them
@@ -165,8 +166,8 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     io.write_text(out / "hit_template.html", _render(
         "human_eval_task.html.j2", aspect=aspect, question="${question}", mturk=True, title="HIT",
         images={c: "${" + c + "}" for c in image_cols}))
-    io.write_text(out / "index.html", _render("human_eval_index.html.j2", task_ids=[b["task_id"] for b in batch],
-                                              question=text, aspect=aspect))
+    io.write_text(out / "index.html", _render("human_eval_index.html.j2", question=text, aspect=aspect,
+                                              task_ids=[b["task_id"] for b in batch]))
     info = {"kit_id": kit_id, "aspect": aspect, "scenario": scenario, "question": text, "seed": seed,
             "runs": {"a": str(dirs[0]), "b": str(dirs[1])}, "labels": {"a": labels[0], "b": labels[1]},
             "cases": len(cases), "checks": checks, "tasks": len(batch), "requested": n,
@@ -240,7 +241,8 @@ def score_responses(responses: Sequence[str | Path], keys: Sequence[str | Path] 
     cases["excluded"] = [(k, w) in bad_workers for k, w in zip(cases["kit"], cases["worker_id"], strict=True)]
     cases["won"] = (cases["choice"] == cases["a_side"]).astype(float)
     records = []
-    for (aspect, scenario, a, b), g in cases.groupby(["aspect", "scenario", "a_label", "b_label"], sort=False):
+    groups = cases.groupby(["aspect", "scenario", "a_label", "b_label"], sort=False)
+    for (aspect, scenario, a, b), g in groups:
         kept = g[~g["excluded"]]
         rate, lo, hi = cluster_bootstrap_mean(kept["won"].to_numpy(), kept["sample_id"].to_numpy(),
                                               n_boot=n_boot, seed=seed)
@@ -249,10 +251,12 @@ def score_responses(responses: Sequence[str | Path], keys: Sequence[str | Path] 
         records.append({
             "method": a, "aspect": aspect, "scenario": scenario, "versus": b, "preferred_rate": rate,
             "ci95_pct": (hi - lo) / 2 * 100 if math.isfinite(lo) else float("nan"), "lo": lo, "hi": hi,
-            "n_judgments": len(kept), "n_cases": kept["sample_id"].nunique(), "n_workers": kept["worker_id"].nunique(),
+            "n_judgments": len(kept), "n_cases": kept["sample_id"].nunique(),
+            "n_workers": kept["worker_id"].nunique(),
             "excluded_judgments": int(g["excluded"].sum()),
             "excluded_workers": len({w for k, w in bad_workers if k in kits}),
-            "checks_answered": len(kit_checks), "checks_failed": int((kit_checks["choice"] != kit_checks["gold"]).sum()),
+            "checks_answered": len(kit_checks),
+            "checks_failed": int((kit_checks["choice"] != kit_checks["gold"]).sum()),
         })
     return pd.DataFrame.from_records(records)
 
@@ -261,10 +265,14 @@ def _cell(rate: float, pct: float) -> str:
     return "-" if not math.isfinite(rate) else f"{rate:.2f}±{pct:.2f}%"
 
 
-def render_table2(df: pd.DataFrame, fmt: str = "md", paper: bool = False) -> str:
-    """Table 2's layout: rows aspect x scenario, one column per compared method; or the flat CSV."""
+def check_format(fmt: str) -> None:
     if fmt not in SCORE_FORMATS:
         raise UserError(f"unknown format {fmt!r} (known: {', '.join(SCORE_FORMATS)})")
+
+
+def render_table2(df: pd.DataFrame, fmt: str = "md", paper: bool = False) -> str:
+    """Table 2's layout: rows aspect x scenario, one column per compared method; or the flat CSV."""
+    check_format(fmt)
     if fmt == "csv":
         return df.to_csv(index=False, lineterminator="\n")
     theirs = paper_table("table2") if paper else None
@@ -281,7 +289,8 @@ def render_table2(df: pd.DataFrame, fmt: str = "md", paper: bool = False) -> str
                     ref = theirs[(theirs["aspect"] == aspect) & (theirs["scenario"] == scenario)
                                  & (theirs["versus"].str.lower() == v.lower())]
                     if len(ref):
-                        cell += f" (paper {_cell(ref['pigeon_preferred_rate'].iloc[0], ref['ci95_pct'].iloc[0])})"
+                        printed = _cell(ref["pigeon_preferred_rate"].iloc[0], ref["ci95_pct"].iloc[0])
+                        cell += f" (paper {printed})"
                 cells.append(cell)
             lines.append(f"| {ASPECT_TITLES.get(aspect, aspect)} | {scenario} | " + " | ".join(cells) + " |")
         lines.append("")

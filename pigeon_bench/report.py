@@ -4,9 +4,10 @@ Rows come from run folders (RUN/summary.json, written by scoring) and, with ``pa
 own numbers (results/paper/table1.csv) placed beside ours method by method. Overall is always recomputed from
 its components with :func:`pigeon_bench.metrics.overall`, never copied.
 
-Marking rule: per column, among the rows of one source (ours, or the paper's) outside the Reference and Sanity
-groups, the best value is bold and the second-best underlined. Values are compared as printed (after rounding),
-so rows that print the same number tie: every tied best row is bold and the next distinct value is underlined.
+Marking rule: per column, among the rows of one source (ours, or the paper's) outside the Reference and
+Sanity groups, the best value is bold and the second-best underlined. Values are compared as printed (after
+rounding), so rows that print the same number tie: every tied best row is bold and the next distinct value is
+underlined.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ TABLE3_COLUMNS: tuple[str, ...] = ("p_cis", "p_lpips", "a_cs")
 DIGITS: dict[str, int] = {m: 4 if m in ("p_lpips", "p_msssim") else 2 for m in METRICS}
 GROUP_ORDER: tuple[str, ...] = ("DM-based", "LLM-based", "LMM-based", "Reference", "Sanity")
 UNRANKED_GROUPS = frozenset({"Reference", "Sanity"})
-METHOD_ORDER: tuple[str, ...] = ("ti", "pmg", "llava*", "llava", "lavit*", "lavit", "pigeon", "recon", "grd", "hist")
+METHOD_ORDER: tuple[str, ...] = (
+    "ti", "pmg", "llava*", "llava", "lavit*", "lavit", "pigeon", "recon", "grd", "hist",
+)
 SCENARIO_TITLES = {"sticker": "Sticker", "movie": "Movie poster"}
 SELECTION_LABEL = "test-time best of 11"
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
@@ -248,7 +251,7 @@ def _sort_key(row: Row, groups: list[str]) -> tuple:
 
 
 def arrange(ours: list[Row], paper: list[Row]) -> list[Row]:
-    """Display order: by group (the paper's order), then method; each paper row right after ours of its method."""
+    """Display order: by group (the paper's order), then method; a paper row follows ours of its method."""
     rows = list(ours)
     ours_methods = {r.method for r in ours}
     for p in paper:
@@ -304,8 +307,8 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
         out.append("")
         legend = []
         if t.marked:
-            legend.append("**bold**: best, <u>underlined</u>: second best (Reference and Sanity rows excluded; "
-                          "ours and the paper's ranked apart)")
+            legend.append("**bold**: best, <u>underlined</u>: second best (Reference and Sanity rows "
+                          "excluded; ours and the paper's ranked apart)")
         if ci and any(r.source == "ours" for r in t.rows):
             legend.append("[lo, hi]: seeded bootstrap 95% CI")
         if any(r.source == "paper" for r in t.rows):
@@ -343,8 +346,8 @@ def render_latex(tables: list[Table], ci: bool) -> str:
             for m in t.columns:
                 text = format_value(r.mean.get(m, float("nan")), DIGITS[m])
                 kind = marked.get((i, m))
-                text = rf"\textbf{{{text}}}" if kind == "best" else rf"\underline{{{text}}}" if kind == "second" \
-                    else text
+                if kind:
+                    text = rf"\{'textbf' if kind == 'best' else 'underline'}{{{text}}}"
                 extra = _ci_text(r, m) if ci else ""
                 line.append(rf"{text} {{\scriptsize {extra}}}" if extra else text)
             body.append(line)
@@ -425,7 +428,8 @@ def gallery(rows: list[Row], n_cases: int, seed: int = 0) -> tuple[list[Case], s
         return [], "no sample has an image in every run"
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(sorted(common), size=min(n_cases, len(common)), replace=False).tolist())
-    manifest = io.read_json(runs[0].run / "manifest.json") if (runs[0].run / "manifest.json").is_file() else {}
+    manifest_path = runs[0].run / "manifest.json"
+    manifest = io.read_json(manifest_path) if manifest_path.is_file() else {}
     data_dir = Path(manifest["data"]) if manifest.get("data") else None
     dataset = Dataset(data_dir) if data_dir is not None and data_dir.is_dir() else None
     samples = {s.sample_id: s for s in dataset.samples()} if dataset else {}
@@ -614,7 +618,8 @@ def sweep_points(sweep_dir: str | Path) -> Sweep:
     if manifest.is_file():
         m = io.read_json(manifest)
         label = str(m.get("label") or m.get("method") or label)
-    return Sweep(str(label), params.pop(), pd.DataFrame(points).sort_values("x").reset_index(drop=True), notice)
+    frame = pd.DataFrame(points).sort_values("x").reset_index(drop=True)
+    return Sweep(str(label), params.pop(), frame, notice)
 
 
 PARAM_LABELS = {"alpha_r": r"reference mask ratio $\alpha_r$", "alpha_h": r"history mask ratio $\alpha_h$"}
@@ -622,7 +627,7 @@ PARAM_LABELS = {"alpha_r": r"reference mask ratio $\alpha_r$", "alpha_h": r"hist
 
 def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
                 metrics: Sequence[str] = ("p_cis", "a_cs")) -> Path:
-    """Fig. 4-style line plots: one panel per metric, one line (with its 95% CI band) per sweep; writes a PNG."""
+    """Fig. 4-style line plots: a panel per metric, a line (with its 95% CI band) per sweep; writes a PNG."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise UserError(f"unknown metric(s) {', '.join(unknown)} (known: {', '.join(METRICS)})")
@@ -634,7 +639,8 @@ def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
     sweeps = [sweep_points(d) for d in sweep_dirs]
     params = {s.param for s in sweeps}
     if len(params) > 1:
-        raise UserError(f"sweeps over different parameters ({', '.join(sorted(params))}) cannot share an axis")
+        raise UserError(f"sweeps over different parameters ({', '.join(sorted(params))}) "
+                        "cannot share an axis")
     param = params.pop()
     import matplotlib
 

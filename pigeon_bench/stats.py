@@ -34,10 +34,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
     if n == 0:
         return (float("nan"), float("nan"))
     idx = bootstrap_indices(n, n_boot, seed)
-    if statistic is None:
-        stats = values[idx].mean(axis=1)
-    else:
-        stats = np.array([statistic(values[i]) for i in idx])
+    stats = values[idx].mean(axis=1) if statistic is None else np.array([statistic(values[i]) for i in idx])
     return percentile_interval(stats, level)
 
 
@@ -50,7 +47,7 @@ def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, 
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Candidate minus base: observed delta, its paired-bootstrap CI, and the two-sided permutation p-value."""
+    """Candidate minus base: the observed delta, its paired-bootstrap CI, the two-sided permutation p."""
 
     delta: float
     lo: float
@@ -76,7 +73,7 @@ def _apply(combine: Combine | None, means: np.ndarray) -> np.ndarray:
 
 def paired_bootstrap(base: np.ndarray, cand: np.ndarray, combine: Combine | None = None,
                      n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of stat(cand) - stat(base), resampling the paired rows (the same indices for both runs)."""
+    """Percentile CI of stat(cand) - stat(base), resampling paired rows (the same indices for both runs)."""
     b, c = _as_matrix(base), _as_matrix(cand)
     n = len(b)
     rng = np.random.default_rng(seed)
@@ -84,7 +81,8 @@ def paired_bootstrap(base: np.ndarray, cand: np.ndarray, combine: Combine | None
     for start in range(0, n_boot, _CHUNK):
         size = min(_CHUNK, n_boot - start)
         idx = rng.integers(0, n, size=(size, n))
-        deltas[start:start + size] = _apply(combine, c[idx].mean(axis=1)) - _apply(combine, b[idx].mean(axis=1))
+        stat_c, stat_b = _apply(combine, c[idx].mean(axis=1)), _apply(combine, b[idx].mean(axis=1))
+        deltas[start:start + size] = stat_c - stat_b
     return percentile_interval(deltas, level)
 
 
@@ -92,7 +90,8 @@ def paired_permutation_p(base: np.ndarray, cand: np.ndarray, combine: Combine | 
                          n_perm: int = DEFAULT_N_PERM, seed: int = 0) -> tuple[float, bool]:
     """Two-sided p-value of H0 "the two runs are exchangeable within each pair" (random swaps of the pair).
 
-    Exact (all 2^n swap patterns) when 2^n <= n_perm, else Monte Carlo with the (1 + hits) / (1 + n_perm) rule.
+    Exact (all 2^n swap patterns) when 2^n <= n_perm, else Monte Carlo with the (1 + hits) / (1 + n_perm)
+    rule.
     Returns (p, exact).
     """
     b, c = _as_matrix(base), _as_matrix(cand)
@@ -123,7 +122,7 @@ def paired_permutation_p(base: np.ndarray, cand: np.ndarray, combine: Combine | 
 def paired_test(base: np.ndarray, cand: np.ndarray, combine: Combine | None = None,
                 n_boot: int = DEFAULT_N_BOOT, n_perm: int = DEFAULT_N_PERM, seed: int = 0,
                 level: float = 0.95) -> PairedTest:
-    """Paired comparison of two runs on the same samples (rows aligned): delta, bootstrap CI, permutation p."""
+    """Paired comparison of two runs on the same samples (rows aligned): delta, bootstrap CI, p-value."""
     b, c = _as_matrix(base), _as_matrix(cand)
     if b.shape != c.shape:
         raise ValueError(f"paired arrays differ in shape: {b.shape} vs {c.shape}")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from test_report_fixtures import (  # noqa: F401 - cli is a fixture
+from test_report_fixtures import (  # noqa: F401 - cli_fixture provides the cli fixture
     assert_one_line_error,
     base_scores,
-    cli,
+    cli_fixture,
     make_dataset,
     write_run,
     write_sweep,
@@ -41,16 +41,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     data = make_dataset(root / "data")
     runs = {
         "ti": write_run(root / "ti", base_scores(seed=1), data=data),
-        "pmg": write_run(root / "pmg", base_scores(seed=2, shift=2), method="pmg", label="PMG", group="LLM-based",
-                         data=data, image_seed=1),
-        "grd": write_run(root / "grd", base_scores(seed=3, shift=9), method="grd", label="Grd", group="Reference",
-                         data=data, fid=None, image_seed=2),
-        "hist": write_run(root / "hist", base_scores(seed=4, shift=8), method="hist", label="Hist", group="Sanity",
-                          data=data, image_seed=3),
+        "pmg": write_run(root / "pmg", base_scores(seed=2, shift=2), method="pmg", label="PMG",
+                         group="LLM-based", data=data, image_seed=1),
+        "grd": write_run(root / "grd", base_scores(seed=3, shift=9), method="grd", label="Grd",
+                         group="Reference", data=data, fid=None, image_seed=2),
+        "hist": write_run(root / "hist", base_scores(seed=4, shift=8), method="hist", label="Hist",
+                          group="Sanity", data=data, image_seed=3),
     }
     sweep = write_sweep(root / "pigeon", data)
-    write_run(sweep / "selected", base_scores(seed=5, shift=1), method="pigeon", label="Pigeon", group="LMM-based",
-              data=data, selection="test-time best of 11", image_seed=4)
+    write_run(sweep / "selected", base_scores(seed=5, shift=1), method="pigeon", label="Pigeon",
+              group="LMM-based", data=data, selection="test-time best of 11", image_seed=4)
     runs["pigeon"] = sweep
     runs["data"] = data
     return runs
@@ -75,7 +75,8 @@ def test_paper_table1_reproduces_the_printed_overall(scenario):
             expected = "-" if pd.isna(p[m]) else format_value(p[m], 4 if m in ("p_lpips", "p_msssim") else 2)
             assert cell == expected
     latex = build_report([], scenario=scenario, fmt="latex", paper=True)
-    assert r"\toprule" in latex and r"\bottomrule" in latex and r"\multicolumn{5}{c}{Personalization}" in latex
+    assert r"\toprule" in latex and r"\bottomrule" in latex
+    assert r"\multicolumn{5}{c}{Personalization}" in latex
     for p in paper.to_dict("records"):
         assert f"{p['overall']:.2f}" in latex
 
@@ -104,9 +105,9 @@ def _row(label, value, group="DM-based", source="ours"):
 
 
 def test_marks_ties_reference_sources_and_direction():
-    rows = [_row("a", 10.001), _row("b", 10.004), _row("c", 9.0), _row("d", 8.0), _row("ref", 99.0, "Reference"),
-            _row("sane", 98.0, "Sanity"), _row("nan", float("nan")), _row("p1", 5.0, source="paper"),
-            _row("p2", 4.0, source="paper")]
+    rows = [_row("a", 10.001), _row("b", 10.004), _row("c", 9.0), _row("d", 8.0),
+            _row("ref", 99.0, "Reference"), _row("sane", 98.0, "Sanity"), _row("nan", float("nan")),
+            _row("p1", 5.0, source="paper"), _row("p2", 4.0, source="paper")]
     got = marks(rows, "p_cis")
     # a and b print the same (10.00): both best; the next distinct printed value is second.
     assert got == {0: "best", 1: "best", 2: "second", 7: "best", 8: "second"}

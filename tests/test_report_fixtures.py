@@ -40,7 +40,8 @@ def make_dataset(root: Path, scenario: str = "sticker", n_samples: int = N_SAMPL
     items = []
     for i in range(20):
         io.save_image(root / "images" / f"i{i}.png", _draw(1000 + i))
-        items.append({"item_id": f"i{i}", "image_path": f"images/i{i}.png", "semantics": f"item {i} looks happy"})
+        items.append({"item_id": f"i{i}", "image_path": f"images/i{i}.png",
+                      "semantics": f"item {i} looks happy"})
     samples = []
     for s in range(n_samples):
         hist = [f"i{(s + k) % 20}" for k in range(5)]
@@ -68,7 +69,7 @@ def write_run(run: Path, scores: pd.DataFrame, method: str = "ti", label: str = 
               scenario: str = "sticker", data: Path | None = None, profile: str = "tiny", fid: float = 80.0,
               fid_halfwidth: float = 3.0, selection: str | None = None, alpha_r: float | None = None,
               image_seed: int = 0) -> Path:
-    """A complete scored run folder: manifest.json, images/, scores.parquet, summary.json (scoring's schema)."""
+    """A scored run folder: manifest.json, images/, scores.parquet, summary.json (scoring's schema)."""
     run.mkdir(parents=True, exist_ok=True)
     for k, sid in enumerate(scores["sample_id"]):
         io.save_image(run / "images" / f"{sid}.png", _draw(image_seed * 1000 + k))
@@ -120,8 +121,8 @@ class CliResult:
     stderr: str
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
+@pytest.fixture(name="cli")
+def cli_fixture(capsys, monkeypatch):
     """Run the console-script entry point in-process, as the shell would."""
 
     def invoke(*args: str) -> CliResult:

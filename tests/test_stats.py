@@ -49,12 +49,13 @@ def test_paired_test_is_seeded_and_pairs_matter():
     assert t1.p < 0.001 and t1.lo > 0
     # Unpaired (independent) resampling would drown the shift in the between-sample spread.
     rng2 = np.random.default_rng(0)
-    diffs = [cand[rng2.integers(0, 60, 60)].mean() - base[rng2.integers(0, 60, 60)].mean() for _ in range(500)]
+    diffs = [cand[rng2.integers(0, 60, 60)].mean() - base[rng2.integers(0, 60, 60)].mean()
+             for _ in range(500)]
     assert np.percentile(diffs, 2.5) < 0 < t1.lo
 
 
 def test_combined_statistic_matches_its_per_sample_form():
-    # Overall is linear, so the paired test on (p_cis, a_cs) with overall() equals the test on per-sample Overall.
+    # Overall is linear: the paired test on (p_cis, a_cs) with overall() equals the one on per-sample Overall.
     rng = np.random.default_rng(3)
     base = rng.normal(40, 5, (30, 2))
     cand = base + rng.normal(0.5, 1, (30, 2))

@@ -1,0 +1,298 @@
+"""Scoring: orchestrates backbones, the feature cache and the pure metric functions over a run folder.
+
+Each unique image (by decoded-pixel hash) goes through each backbone at most once, ever: features are looked
+up in the content-addressed cache (``pigeon_bench.metrics.cache``) first, and only missing ones are computed,
+in batches. History, reference and text features are therefore shared across methods, alpha_r candidates
+and checkpoints scored with the same backbones and preprocessing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from pigeon_bench import io, stats
+from pigeon_bench.data.model import Dataset, Sample
+from pigeon_bench.errors import UserError
+from pigeon_bench.metrics import functional as Fn
+from pigeon_bench.metrics.aggregate import overall
+from pigeon_bench.metrics.backbones import Backbone, ClipBackbone, build, pixels
+from pigeon_bench.metrics.cache import DEFAULT_MEMORY_BYTES, FeatureStore
+from pigeon_bench.metrics.preprocess import PAPER_RESIZE, ResizeSpec, image_digest, load_image, text_digest
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+
+ImageSource = str | Path | Image.Image
+FID_RECOMMENDED_N = 2048
+_PIXEL_LRU = 64  # resized images kept for MS-SSIM (history images repeat across samples)
+
+
+@dataclass
+class SampleInputs:
+    """What one sample is scored on: its generated image, 5 history images + texts, reference image + text."""
+
+    sample_id: str
+    generated: ImageSource
+    history: Sequence[ImageSource]
+    history_texts: Sequence[str]
+    reference: ImageSource
+    reference_text: str
+
+
+class Scorer:
+    """Backbones + feature cache, reusable across runs in one process."""
+
+    def __init__(self, profile: str = "paper", device: str = "cpu", batch_size: int = 16,
+                 cache_dir: str | Path | None = None, resize: ResizeSpec | int | None = PAPER_RESIZE,
+                 weights: dict[str, str | Path] | None = None, n_boot: int = stats.DEFAULT_N_BOOT,
+                 seed: int = 0, memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = True):
+        self.profile = profile
+        self.batch_size = max(1, int(batch_size))
+        self.resize = resize if isinstance(resize, ResizeSpec) else ResizeSpec(size=resize)
+        self.n_boot = n_boot
+        self.seed = seed
+        self.progress = progress
+        self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
+        self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
+        self._pixels: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    # ------------------------------------------------------------ features
+
+    def fingerprints(self) -> dict[str, str]:
+        return {k: b.fingerprint for k, b in self.backbones.items()}
+
+    def forward_counts(self) -> dict[str, int]:
+        """Images each backbone (texts: "clip-text") has forwarded in this Scorer's life."""
+        counts = {k: b.forwards for k, b in self.backbones.items()}
+        counts["clip-text"] = self.backbones["clip"].text_forwards
+        return counts
+
+    def _namespace(self, backbone: Backbone) -> str:
+        return f"{backbone.namespace}-{self.resize.id}"
+
+    def _ensure(self, backbone: Backbone, images: dict[str, ImageSource]) -> None:
+        """Compute and store features for the digests in ``images`` that the cache lacks, in batches."""
+        ns = self._namespace(backbone)
+        todo = [d for d in images if not self.store.has(ns, d)]
+        if not todo:
+            return
+        with self._progress(f"{backbone.id} features", len(todo)) as advance:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start:start + self.batch_size]
+                feats = backbone.encode([self.resize.apply(load_image(images[d])) for d in chunk])
+                for i, d in enumerate(chunk):
+                    self.store.put(ns, d, {k: v[i] for k, v in feats.items()})
+                advance(len(chunk))
+
+    def _stack(self, backbone: Backbone, digests: Sequence[str], name: str) -> torch.Tensor:
+        ns = self._namespace(backbone)
+        return torch.stack([self.store.get(ns, d)[name] for d in digests])
+
+    def _text_embeddings(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        clip = self.backbones["clip"]
+        assert isinstance(clip, ClipBackbone)
+        ns = f"{clip.text_namespace}"
+        unique = list(dict.fromkeys(texts))
+        todo = [t for t in unique if not self.store.has(ns, text_digest(t))]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            emb = clip.encode_texts(chunk)
+            for t, e in zip(chunk, emb, strict=True):
+                self.store.put(ns, text_digest(t), {"emb": e})
+        return {t: self.store.get(ns, text_digest(t))["emb"] for t in unique}
+
+    def _digests(self, sources: Sequence[ImageSource]) -> tuple[list[str], dict[str, ImageSource]]:
+        """Content digests of ``sources`` (each file decoded once) and digest -> one source of it."""
+        by_key: dict[object, str] = {}
+        out, unique = [], {}
+        for src in sources:
+            key = str(src) if isinstance(src, str | Path) else id(src)
+            if key not in by_key:
+                by_key[key] = image_digest(load_image(src))
+                unique.setdefault(by_key[key], src)
+            out.append(by_key[key])
+        return out, unique
+
+    def clip_image_embeddings(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """(n, d) L2-normalised CLIP image embeddings (after the common resize), through the cache."""
+        digests, unique = self._digests(images)
+        self._ensure(self.backbones["clip"], unique)
+        return self._stack(self.backbones["clip"], digests, "emb")
+
+    def _pixels_of(self, digest: str, src: ImageSource) -> torch.Tensor:
+        hit = self._pixels.get(digest)
+        if hit is None:
+            hit = pixels([self.resize.apply(load_image(src))])[0]
+            self._pixels[digest] = hit
+            while len(self._pixels) > _PIXEL_LRU:
+                self._pixels.popitem(last=False)
+        else:
+            self._pixels.move_to_end(digest)
+        return hit
+
+    # ------------------------------------------------------------ scoring
+
+    def score_samples(self, samples: Sequence[SampleInputs]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Per-sample metrics (sample_id + PER_SAMPLE_METRICS) and the FID features of generated/reference."""
+        n = len(samples)
+        if n == 0:
+            raise UserError("nothing to score: no samples")
+        for s in samples:
+            if len(s.history) != len(s.history_texts) or not s.history:
+                raise UserError(f"sample {s.sample_id}: history images and texts must be non-empty and match")
+        k = len(samples[0].history)
+        gen_d, gen_u = self._digests([s.generated for s in samples])
+        hist_d, hist_u = self._digests([h for s in samples for h in s.history])
+        ref_d, ref_u = self._digests([s.reference for s in samples])
+        if any(len(s.history) != k for s in samples):
+            raise UserError("every sample must have the same number of history items")
+        b = self.backbones
+        self._ensure(b["clip"], {**gen_u, **hist_u, **ref_u})
+        self._ensure(b["dino"], {**gen_u, **hist_u, **ref_u})
+        self._ensure(b["lpips-vgg"], {**gen_u, **hist_u})
+        self._ensure(b["fid-inception"], {**gen_u, **ref_u})
+        texts = self._text_embeddings([t for s in samples for t in s.history_texts] +
+                                      [s.reference_text for s in samples])
+
+        cols: dict[str, np.ndarray] = {}
+        for bid, prefix in (("clip", "cis"), ("dino", "dis")):
+            g = self._stack(b[bid], gen_d, "emb")
+            h = self._stack(b[bid], hist_d, "emb").reshape(n, k, -1)
+            r = self._stack(b[bid], ref_d, "emb")
+            cols[f"p_{prefix}"] = Fn.cosine_100(g[:, None, :], h).mean(1).numpy()
+            cols[f"a_{prefix}"] = Fn.cosine_100(g, r).numpy()
+        g = self._stack(b["clip"], gen_d, "emb")
+        ht = torch.stack([texts[t] for s in samples for t in s.history_texts]).reshape(n, k, -1)
+        rt = torch.stack([texts[s.reference_text] for s in samples])
+        cols["p_cs"] = Fn.cosine_100(g[:, None, :], ht).mean(1).numpy()
+        cols["a_cs"] = Fn.cosine_100(g, rt).numpy()
+
+        lp, ms = np.empty(n), np.empty(n)
+        ns = self._namespace(b["lpips-vgg"])
+        for i in range(n):
+            hd = hist_d[i * k:(i + 1) * k]
+            gm = self.store.get(ns, gen_d[i])
+            hm = [self.store.get(ns, d) for d in hd]
+            names = b["lpips-vgg"].outputs
+            lp[i] = Fn.lpips_from_maps([gm[x][None] for x in names],
+                                       [torch.stack([m[x] for m in hm]) for x in names]).mean().item()
+            gp = self._pixels_of(gen_d[i], gen_u[gen_d[i]])
+            hp = torch.stack([self._pixels_of(d, hist_u[d]) for d in hd])
+            ms[i] = Fn.ms_ssim_255(gp[None].expand_as(hp), hp).mean().item()
+        cols["p_lpips"], cols["p_msssim"] = lp, ms
+
+        df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
+        for m in PER_SAMPLE_METRICS:
+            df[m] = cols[m].astype(np.float64)
+        fid_gen = self._stack(b["fid-inception"], gen_d, "pool3").double().numpy()
+        fid_ref = self._stack(b["fid-inception"], ref_d, "pool3").double().numpy()
+        return df, fid_gen, fid_ref
+
+    def summarize(self, df: pd.DataFrame, fid_gen: np.ndarray, fid_ref: np.ndarray) -> dict:
+        """Means and seeded bootstrap CIs of every metric (fid: resampling the sample set)."""
+        n = len(df)
+        if n < 2:
+            raise UserError(f"FID needs at least 2 samples, got {n}")
+        if n < FID_RECOMMENDED_N:
+            warnings.warn(f"FID on {n} samples (< {FID_RECOMMENDED_N}): biased, comparable only at equal n",
+                          stacklevel=2)
+        level = 0.95
+        metrics: dict[str, dict[str, float]] = {}
+        per_sample = {m: df[m].to_numpy() for m in PER_SAMPLE_METRICS}
+        per_sample["overall"] = overall(per_sample["p_cis"], per_sample["a_cs"])
+        for m, values in per_sample.items():
+            lo, hi = stats.bootstrap_ci(values, self.n_boot, self.seed, level)
+            metrics[m] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi}
+        fid_of = Fn.paired_fid(fid_gen, fid_ref)
+        lo, hi = stats.bootstrap_ci(np.arange(n)[:, None], self.n_boot, self.seed, level,
+                                    statistic=lambda rows: fid_of(rows[:, 0].astype(np.int64)))
+        metrics["fid"] = {"mean": fid_of(np.arange(n)), "lo": lo, "hi": hi}
+        return {
+            "profile": self.profile,
+            "notice": TINY_PROFILE_NOTICE if self.profile == "tiny" else None,
+            "n": n,
+            "metrics": {m: metrics[m] for m in METRICS},
+            "backbones": self.fingerprints(),
+            "bootstrap": {"n_boot": self.n_boot, "seed": self.seed, "level": level},
+            "preprocess": self.resize.id,
+        }
+
+    def score_run(self, run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
+        """Score RUN/images/<sample_id>.png; write RUN/scores.parquet and RUN/summary.json."""
+        run_dir = Path(run_dir)
+        manifest = read_manifest(run_dir)
+        data = data_dir or manifest.get("data")
+        if not data:
+            raise UserError(f"{run_dir}: no manifest.json with \"data\"; pass the dataset folder (--data)")
+        dataset = Dataset(data)
+        samples = run_samples(run_dir, dataset)
+        inputs = [SampleInputs(
+            s.sample_id, run_dir / "images" / f"{s.sample_id}.png",
+            [dataset.image_path(h) for h in s.history], [dataset.item(h).semantics for h in s.history],
+            dataset.image_path(s.reference_id), dataset.item(s.reference_id).semantics) for s in samples]
+        df, fid_gen, fid_ref = self.score_samples(inputs)
+        summary = {
+            **{k: manifest.get(k) for k in ("method", "label", "group")},
+            "scenario": manifest.get("scenario") or dataset.scenario,
+            **self.summarize(df, fid_gen, fid_ref),
+            "selection": manifest.get("selection"),
+            "alpha_r": manifest.get("alpha_r"),
+        }
+        io.write_parquet(run_dir / "scores.parquet", df)
+        io.write_json(run_dir / "summary.json", summary)
+        return summary
+
+    # ------------------------------------------------------------ helpers
+
+    def _progress(self, label: str, total: int):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def bar():
+            if not self.progress or total < 32:
+                yield lambda k: None
+                return
+            from rich.progress import Progress
+
+            with Progress(transient=True) as prog:
+                task = prog.add_task(label, total=total)
+                yield lambda k: prog.advance(task, k)
+
+        return bar()
+
+
+def read_manifest(run_dir: Path) -> dict:
+    if not run_dir.is_dir():
+        raise UserError(f"run folder not found: {run_dir}")
+    path = run_dir / "manifest.json"
+    return io.read_json(path) if path.is_file() else {}
+
+
+def run_samples(run_dir: Path, dataset: Dataset) -> list[Sample]:
+    """The dataset's samples having RUN/images/<sample_id>.png, in dataset order; unknown ids are errors."""
+    images = run_dir / "images"
+    if not images.is_dir():
+        raise UserError(f"{run_dir}: no images/ folder (expected images/<sample_id>.png)")
+    ids = {p.stem for p in images.glob("*.png")}
+    if not ids:
+        raise UserError(f"{images}: no <sample_id>.png images")
+    by_id = {s.sample_id: s for s in dataset.samples()}
+    unknown = sorted(ids - by_id.keys())
+    if unknown:
+        shown = ", ".join(unknown[:5])
+        raise UserError(f"{images}: image(s) for sample id(s) not in {dataset.root}: {shown}")
+    return [s for sid, s in by_id.items() if sid in ids]
+
+
+def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: str = "paper",
+              device: str = "cpu", batch_size: int = 16, cache_dir: str | Path | None = None) -> dict:
+    """Convenience wrapper: a one-off Scorer for one run folder."""
+    return Scorer(profile=profile, device=device, batch_size=batch_size, cache_dir=cache_dir).score_run(
+        run_dir, data_dir)

@@ -330,8 +330,12 @@ def _motif(d: ImageDraw.ImageDraw, genre: str, box: tuple[float, float, float, f
         for k in range(3):
             bx = x0 + w * (0.25 + 0.25 * k)
             br = r * (0.35 + 0.1 * (k % 2))
-            d.rounded_rectangle([bx - br, cy - br, bx + br, cy + br], radius=br * 0.6, fill=colour,
-                                outline=(255, 255, 255), width=max(2, int(w / 60)))
+            box_k = [bx - br, cy - br, bx + br, cy + br]
+            if br < 6:  # PIL cannot round corners this small
+                d.ellipse(box_k, fill=colour)
+            else:
+                d.rounded_rectangle(box_k, radius=br * 0.6, fill=colour, outline=(255, 255, 255),
+                                    width=max(2, int(w / 60)))
     else:  # Crime: blinds and a frame
         for k in range(8):
             yy = y0 + h * k / 8

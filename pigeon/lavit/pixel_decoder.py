@@ -68,9 +68,9 @@ class PixelDecoder(nn.Module):
                              added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
             uncond, cond = pred.chunk(2)
             latents = self.scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
-        vae_dtype = torch.float32 if dtype == torch.float16 and self.vae.config.force_upcast else dtype
-        self.vae.to(vae_dtype)
-        pixels = self.vae.decode(latents.to(vae_dtype) / self.vae.config.scaling_factor).sample
+        if self.vae.dtype == torch.float16 and self.vae.config.force_upcast:  # fp16 VAEs overflow (SDXL)
+            self.vae.to(torch.float32)
+        pixels = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         pixels = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy(), "RGB") for p in pixels]
 

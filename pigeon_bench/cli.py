@@ -174,6 +174,90 @@ def data_import_official(
 
 # ---------------------------------------------------------------- models, score (issue 3)
 
+_PROFILE_HELP = "paper (the paper's models; local weights) or tiny (seeded random, offline; not comparable)."
+
+
+@models_app.command("list")
+def models_list(
+    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "paper",
+) -> None:
+    """Show each backbone of a profile and where its weights are (no hashing, no loading)."""
+    from pigeon_bench.metrics import backbones as B
+    from pigeon_bench.metrics import weights as W
+
+    if profile not in B.PROFILES:
+        raise UserError(f"unknown profile {profile!r} (known: {', '.join(B.PROFILES)})")
+    for bid in B.BACKBONE_IDS:
+        d = B.backbones.get(bid)
+        if profile == "tiny":
+            typer.echo(f"{bid}: tiny {d.cls.__name__}, seeded random weights built in memory")
+            continue
+        r = W.resolve(bid)
+        where = ", ".join(map(str, r.paths)) if r.found else "MISSING (looked in " + ", ".join(r.looked) + ")"
+        typer.echo(f"{bid}: {d.description}\n  weights: {where}\n  override: ${W.env_var(bid)}")
+
+
+@models_app.command("check")
+def models_check(
+    profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "paper",
+) -> None:
+    """Resolve every backbone's weights and print their fingerprints; exit 2 listing any that are missing."""
+    from pigeon_bench.metrics import backbones as B
+
+    built = B.build(profile)
+    for bid, b in built.items():
+        typer.echo(f"{bid}: {b.fingerprint}")
+    if profile == "tiny":
+        from pigeon_bench.schema import TINY_PROFILE_NOTICE
+
+        typer.echo(TINY_PROFILE_NOTICE)
+
+
+@models_app.command("prefetch")
+def models_prefetch() -> None:
+    """Download the paper profile's weights into the usual caches (needs network; unset HF_HUB_OFFLINE)."""
+    from pigeon_bench.metrics import backbones as B
+    from pigeon_bench.metrics import weights as W
+
+    for bid, r in W.prefetch(list(B.BACKBONE_IDS)).items():
+        typer.echo(f"{bid}: {', '.join(map(str, r.paths))}")
+
+
+@app.command("score")
+def score_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (images/<id>.png, manifest.json) or sweep.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder; default: the manifest's \"data\".")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help=_PROFILE_HELP + " Default: the manifest's profile, else paper.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images per backbone forward.")] = 16,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Cache root (default: $PIGEON_BENCH_CACHE or the user cache dir).")] = None,
+) -> None:
+    """Score a run folder (or every α_r folder of a sweep): writes scores.parquet and summary.json."""
+    import warnings
+
+    from pigeon_bench.scoring import Scorer, read_manifest
+
+    manifest = read_manifest(run_dir)
+    folders = [run_dir]
+    if "sweep" in manifest:
+        folders = sorted(p for p in run_dir.iterdir() if (p / "images").is_dir())
+    scorer = Scorer(profile=profile or manifest.get("profile") or "paper", device=device,
+                    batch_size=batch_size, cache_dir=cache_dir)
+    for folder in folders:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = scorer.score_run(folder, data)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items())
+        typer.echo(f"{folder}: n={summary['n']}  {means}")
+        if summary["notice"]:
+            typer.echo(summary["notice"])
+
+
 # ---------------------------------------------------------------- generate, run, select (issue 4)
 
 _GEN_PROFILE_HELP = "paper (real weights) or tiny (tiny random models; numbers not comparable with the paper)"

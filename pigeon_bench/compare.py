@@ -179,6 +179,10 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
     if base_sum.get("scenario") != cand_sum.get("scenario"):
         raise UserError(f"runs are on different scenarios: {base_sum.get('scenario')!r} (base) vs "
                         f"{cand_sum.get('scenario')!r} (candidate)")
+    for key in ("profile", "backbones"):
+        if base_sum.get(key) and cand_sum.get(key) and base_sum[key] != cand_sum[key]:
+            raise UserError(f"runs were scored with different {key} ({_brief(base_sum[key])} vs "
+                            f"{_brief(cand_sum[key])}): their scores are not comparable")
     b, c = load_scores(base_dir), load_scores(cand_dir)
     only_b, only_c = b.index.difference(c.index), c.index.difference(b.index)
     if len(only_b) or len(only_c):
@@ -213,6 +217,11 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
                                         PAIRED_METHOD, t.n))
     _decide(out.results, gates, alpha)
     return out
+
+
+def _brief(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _float(x) -> float:

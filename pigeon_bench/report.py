@@ -171,7 +171,7 @@ def format_value(x: float, digits: int) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     d = Decimal(repr(round(float(x), 9))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
-    return f"{d:.{digits}f}"
+    return f"{abs(d) if d == 0 else d:.{digits}f}"  # no "-0.00"
 
 
 def marks(rows: Sequence[Row], metric: str) -> dict[int, str]:

@@ -35,8 +35,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     fid_worse = write_run(root / "fidworse", scores, fid=95.0, fid_halfwidth=2.0)
     other = write_run(root / "other", base_scores(n=N - 1, seed=1))
     movie = write_run(root / "movie", scores, scenario="movie")
+    paper = write_run(root / "paper", scores, profile="paper")
     return {"base": base, "drop": drop, "up": up, "fidworse": fid_worse, "other": other, "movie": movie,
-            "root": root}
+            "paper": paper, "root": root}
 
 
 def test_run_against_itself_passes(cli, runs):
@@ -119,6 +120,7 @@ def test_parse_gate():
     (["{base}", "{base}", "--gate", "overall:lots"], "is not a number"),
     (["{base}", "{other}"], "runs are on different samples: 1 only in base, 0 only in candidate"),
     (["{base}", "{movie}"], "runs are on different scenarios"),
+    (["{base}", "{paper}"], 'different profile ("tiny" vs "paper")'),
     (["{base}", "{base}", "--alpha", "1.5"], "alpha must be between 0 and 1"),
     (["{base}", "{base}", "--format", "xml"], "unknown format 'xml'"),
     (["{base}", "{noscores}"], "missing file"),

@@ -95,7 +95,7 @@ def test_format_value_rounds_half_up_like_the_paper():
     assert format_value((40.90 + 32.91) / 2, 2) == "36.91"
     assert format_value(22.075, 2) == "22.08"
     assert format_value(0.68555, 4) == "0.6856"
-    assert format_value(-0.004, 2) == "-0.00"
+    assert format_value(-0.004, 2) == "0.00" and format_value(-0.005, 2) == "-0.01"
     assert format_value(float("nan"), 2) == "-"
 
 

@@ -104,3 +104,30 @@ def test_scenario_registry():
     assert scenarios.get("movie").builder_fn().__name__ == "build_movie"
     with pytest.raises(UserError, match="unknown scenario 'poster'"):
         scenarios.get("poster")
+
+
+def test_stats_command_and_its_bad_inputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from pigeon_bench.cli import app
+    from pigeon_bench.data.build import finish
+
+    items = pd.DataFrame({"item_id": list("abcdefg"), "image_path": [f"{c}.png" for c in "abcdefg"],
+                          "semantics": list("ABCDEFG")})
+    samples = windows_to_samples([("u", list("abcdefg"))], "do it", "random", seed=0)
+    finish("sticker", tmp_path / "d", items, samples, {})
+    ok = CliRunner().invoke(app, ["data", "stats", str(tmp_path / "d")])
+    assert ok.exit_code == 0 and "samples (train)" in ok.output
+
+    def error(match: str) -> None:
+        result = CliRunner().invoke(app, ["data", "stats", str(tmp_path / "d")])
+        err = result.stderr.strip()
+        assert result.exit_code == 2 and "\n" not in err and match in err, result.output
+
+    samples.drop(columns="split").to_parquet(tmp_path / "d" / "samples.parquet")
+    error("samples.parquet: missing column(s) split")
+    (tmp_path / "d" / "samples.parquet").write_bytes(b"not parquet")
+    error("cannot read parquet")
+    finish("sticker", tmp_path / "d", items, samples, {})
+    (tmp_path / "d" / "stats.json").write_text("{")
+    error("not valid JSON")

@@ -637,6 +637,10 @@ def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the plot is written as PNG; name the file *.png")
     sweeps = [sweep_points(d) for d in sweep_dirs]
+    labels = [s.label for s in sweeps]
+    for s, d in zip(sweeps, sweep_dirs, strict=True):
+        if labels.count(s.label) > 1:  # tell same-label sweeps (e.g. two checkpoints) apart by folder
+            s.label = f"{s.label} [{Path(d).name}]"
     params = {s.param for s in sweeps}
     if len(params) > 1:
         raise UserError(f"sweeps over different parameters ({', '.join(sorted(params))}) "

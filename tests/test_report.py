@@ -133,6 +133,18 @@ def test_report_of_runs_with_paper_rows_beside(world):
     assert rows["Recon (paper)"][0] == "Reference" and rows["Hist"][0] == "Sanity"
 
 
+def test_sweep_rows_order_and_labels(world, tmp_path):
+    sweep = tmp_path / "pigeon"
+    shutil.copytree(world["pigeon"], sweep)
+    write_run(sweep / "valid-chosen", base_scores(seed=6), method="pigeon", label="Pigeon", group="LMM-based",
+              data=world["data"], selection="fixed α_r=0.5 chosen on valid", alpha_r=0.5)
+    runs = [sweep / "alpha_r=1.0", sweep / "alpha_r=0.0", sweep / "valid-chosen", sweep / "selected",
+            sweep / "alpha_r=0.5", world["ti"]]
+    labels = [r[1] for r in _md_rows(build_report(runs))]
+    assert labels == ["TI", "Pigeon (test-time best of 11)", "Pigeon (fixed α_r=0.5 chosen on valid)",
+                      "Pigeon (α_r=0.0)", "Pigeon (α_r=0.5)", "Pigeon (α_r=1.0)"]
+
+
 def test_csv_contract(world):
     text = build_report([world["ti"], world["grd"]], fmt="csv", paper=True)
     df = pd.read_csv(pd.io.common.StringIO(text))

@@ -26,8 +26,8 @@ def test_sliding_windows_step_one_history_oldest_first():
     ]
 
 
-@pytest.mark.parametrize(("n", "expected"), [(0, (0, 0, 0)), (7, (5, 1, 1)), (10, (8, 1, 1)),
-                                             (45547, (36437, 4555, 4555))])
+@pytest.mark.parametrize(("n", "expected"), [(0, (0, 0, 0)), (4, (4, 0, 0)), (5, (3, 1, 1)), (7, (5, 1, 1)),
+                                             (10, (8, 1, 1)), (25, (19, 3, 3)), (45547, (36437, 4555, 4555))])
 def test_split_sizes_are_8_1_1(n, expected):
     assert split_sizes(n) == expected
     assert sum(split_sizes(n)) == n

@@ -41,9 +41,9 @@ def sliding_windows(sequence: Sequence[str], size: int = WINDOW) -> list[tuple[t
 
 
 def split_sizes(n: int, ratios: tuple[float, float, float] = SPLIT_RATIOS) -> tuple[int, int, int]:
-    """Split ``n`` samples 8:1:1: valid and test get round(n/10) each, train the rest."""
-    n_valid = round(n * ratios[1])
-    n_test = round(n * ratios[2])
+    """Split ``n`` samples 8:1:1: valid and test get n/10 rounded half up each, train the rest."""
+    n_valid = int(n * ratios[1] + 0.5)
+    n_test = int(n * ratios[2] + 0.5)
     return n - n_valid - n_test, n_valid, n_test
 
 

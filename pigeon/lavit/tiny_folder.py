@@ -70,9 +70,12 @@ def _write_text_tokenizer(folder: Path) -> int:
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    added = {k: {"__type": "AddedToken", "content": v, "lstrip": False, "normalized": True, "rstrip": False,
+                 "single_word": False} for k, v in specials.items()}  # the release's (legacy) format
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-         "pad_token": None, "clean_up_tokenization_spaces": False, **specials}, indent=2))
+         "pad_token": None, "clean_up_tokenization_spaces": False, "sp_model_kwargs": {},
+         "model_max_length": 1000000000000000019884624838656, **added}, indent=2))
     from transformers import LlamaTokenizer
 
     return len(LlamaTokenizer.from_pretrained(folder))

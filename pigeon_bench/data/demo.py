@@ -29,7 +29,7 @@ from pigeon_bench.data.build import progress
 from pigeon_bench.data.sticker import EMOTIONS
 from pigeon_bench.paths import cache_dir
 
-DEMO_VERSION = 1  # bump when the drawings or the sizes change: the cache key includes it
+DEMO_VERSION = 2  # bump when the drawings or the sizes change: the cache key includes it
 
 CHARACTERS = ("cat", "bear", "bunny", "blob", "frog", "robot", "ghost", "bird")
 # name: (body, accent, background)
@@ -165,12 +165,12 @@ def _draw_face(d: ImageDraw.ImageDraw, emotion: str, cx: float, cy: float, r: fl
             d.line([(x - er * 1.3, ey), (x + er * 1.3, ey + sx * er * 0.3)], fill=ink, width=w)
         else:
             d.ellipse([x - er, ey - er, x + er, ey + er], fill=ink)
+        # Brows: inner end low when angry, high when sad or afraid.
+        inner, outer = x - sx * er * 1.6, x + sx * er * 1.4
         if emotion == "anger":
-            d.line([(x - sx * er * 1.8, ey - er * 2.6), (x + sx * er * 1.2, ey - er * 1.4)], fill=ink,
-                   width=w + 1)
+            d.line([(inner, ey - er * 1.3), (outer, ey - er * 2.6)], fill=ink, width=w + 1)
         elif emotion in ("sadness", "fear"):
-            d.line([(x - sx * er * 1.6, ey - er * 1.6), (x + sx * er * 1.2, ey - er * 2.4)], fill=ink,
-                   width=w)
+            d.line([(inner, ey - er * 2.6), (outer, ey - er * 1.6)], fill=ink, width=w)
     mw = r * 0.35
     if emotion == "happiness":
         d.chord([cx - mw, my - mw * 0.6, cx + mw, my + mw * 0.8], 0, 180, fill=accent, outline=ink, width=w)
@@ -209,7 +209,7 @@ def _apply_style(layer: Image.Image, style: str, palette: str, s: int) -> Image.
         ring.putalpha(grown)
         return Image.alpha_composite(ring, layer)
     if style == "pixel":
-        small = layer.resize((s // 8, s // 8), Image.Resampling.NEAREST)
+        small = layer.resize((max(8, s // 5), max(8, s // 5)), Image.Resampling.NEAREST)
         return small.resize((s, s), Image.Resampling.NEAREST)
     if style == "halftone":
         dots = Image.new("RGBA", (s, s), (0, 0, 0, 0))

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -72,10 +75,11 @@ class _ImageStore:
         return name
 
     def add(self, source: Path) -> str:
-        """A PNG as is (byte for byte); any other format re-encoded as PNG."""
-        if source.suffix.lower() == ".png" and source.is_file():
+        """A readable PNG as is (byte for byte); any other format re-encoded as PNG."""
+        image = io.load_rgb(source)  # a missing or corrupt image stops here, named
+        if source.suffix.lower() == ".png":
             return self._put(source.read_bytes())
-        return self.add_image(io.load_rgb(source))
+        return self.add_image(image)
 
     def add_image(self, image: Image.Image) -> str:
         buf = BytesIO()
@@ -106,7 +110,6 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     dirs = [resolve_run(r) for r in (run_a, run_b)]
     if rows[0].scenario != rows[1].scenario:
         raise UserError(f"runs are on different scenarios: {rows[0].scenario!r} vs {rows[1].scenario!r}")
-    scenario = rows[0].scenario
     manifest = io.read_json(dirs[0] / "manifest.json")
     if not manifest.get("data"):
         raise UserError(f"{dirs[0] / 'manifest.json'}: no \"data\" (the dataset folder with history images)")
@@ -116,9 +119,27 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
                     & {p.stem for p in (dirs[1] / "images").glob("*.png")} & set(samples))
     if not common:
         raise UserError(f"{dirs[0]} and {dirs[1]} share no generated sample of dataset {dataset.root}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} is not empty")
+    final = Path(out)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise UserError(f"output folder {final} is not empty")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))  # renamed into place when done
+    try:
+        info = _write_kit(out, dirs, rows, dataset, samples, common, aspect, n, checks, seed, base_url)
+        if final.exists():
+            final.rmdir()
+        out.chmod(0o755)
+        os.replace(out, final)
+    finally:
+        if out.exists():
+            shutil.rmtree(out)
+    return info
+
+
+def _write_kit(out: Path, dirs: list[Path], rows: list, dataset, samples: dict, common: list[str],
+               aspect: str, n: int, checks: int, seed: int, base_url: str) -> dict:
+    """The kit's files, written into ``out`` (a fresh folder)."""
+    scenario = rows[0].scenario
     rng = np.random.default_rng(seed)
     cases = sorted(rng.choice(common, size=min(n, len(common)), replace=False).tolist())
     store = _ImageStore(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from test_report_fixtures import (  # noqa: F401 - cli_fixture provides the cli 
     write_run,
 )
 
+from pigeon_bench.errors import UserError
 from pigeon_bench.human_eval import S_QUESTION, make_kit, question, render_table2, score_responses
 
 N_CASES = 20
@@ -137,6 +139,15 @@ def test_cli_make_and_score(cli, world, tmp_path):
     responses = _simulate(kit, {"w1": 1.0, "w2": 0.5}, cheater=None, seed=3)
     r = cli("human-eval", "score", responses, "--format", "csv")
     assert r.exit_code == 0 and "semantic_alignment,sticker,TI" in r.stdout
+
+
+def test_failed_make_leaves_no_kit(world, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(world["ti"], broken)
+    (broken / "images" / "s03.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="corrupt or unreadable image"):
+        make_kit(world["pigeon"], broken, "semantic_alignment", tmp_path / "kit", n=N_CASES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no kit, no temporary folder
 
 
 @pytest.mark.parametrize("args, message", [

@@ -284,7 +284,7 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
         if t.notices:
             out.append("")
         marked = t.marks()
-        head = (["Group"] if t.show_group else []) + ["Method"]
+        head = ["Group", "Method"] if t.show_group else ["Variant"]
         for m in t.columns:
             fam = _family(m)
             head.append(f"{MD_FAMILIES[fam] + ' ' if fam else ''}{_short(m)} {_arrow(m)}")
@@ -312,7 +312,8 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
         if ci and any(r.source == "ours" for r in t.rows):
             legend.append("[lo, hi]: seeded bootstrap 95% CI")
         if any(r.source == "paper" for r in t.rows):
-            legend.append("paper rows: transcribed from the paper, Overall recomputed as (CIS + CS) / 2")
+            legend.append("paper rows: transcribed from the paper" + (
+                ", Overall recomputed as (CIS + CS) / 2" if "overall" in t.columns else ""))
         if legend:
             out.append("; ".join(legend) + ".")
             out.append("")
@@ -562,6 +563,8 @@ def build_ablation(named_runs: Sequence[tuple[str, str | Path]], fmt: str = "md"
         r.label, r.group = name, "Ablation"
         rows.append(r)
     if paper:
+        if "sticker" not in {r.scenario for r in rows}:
+            raise UserError("the paper's Table 3 is on stickers only: --paper needs a sticker run")
         for rec in paper_table("table3").to_dict("records"):
             rows.append(Row(label=f"{rec['variant']} (paper)", method=str(rec["variant"]), group="Ablation",
                             scenario="sticker", source="paper",

@@ -197,6 +197,7 @@ def test_ablation_table(world):
     rows = {r[0]: r for r in _md_rows(md)}
     assert set(rows) >= {"Pigeon", "w/o encoding", "w/o encoding (paper)", "Pigeon (paper)"}
     assert rows["Pigeon (paper)"][1:] == ["61.64", "0.6800", "25.74"]
+    assert "| Variant | Pers. CIS ↑ | Pers. LPIPS ↓ | Sem. CS ↑ |" in md and "Overall" not in md
     csv = pd.read_csv(pd.io.common.StringIO(build_ablation(named, fmt="csv", columns=("p_cis", "fid"))))
     assert list(csv.columns[:3]) == ["variant", "p_cis", "fid"] and len(csv) == 2
 

@@ -37,7 +37,7 @@ from pigeon_bench.errors import UserError
 from pigeon_bench.paths import cache_dir
 
 SEED = 0
-TINY_VERSION = "v1"  # bump when a tiny config changes, so cached folders are rebuilt
+TINY_VERSION = "v2"  # bump when a tiny config changes, so cached folders are rebuilt
 CLIP_VOCAB_SIZE = 49408
 IMAGE_TOKEN = "<image>"
 
@@ -116,11 +116,14 @@ def llama_tokenizer(vocab_size: int = 512, image_token_attribute: bool = True):
     """A small Llama-style byte-level BPE tokenizer: adds ``<s>``; has ``</s> <unk> <pad> <image>``.
 
     ``image_token_attribute`` sets ``tokenizer.image_token`` (LLaVA's processor reads it; BLIP-2's: none).
+    Its alphabet is printable ASCII (other characters encode as ``<unk>``), so whatever a random tiny model
+    generates decodes to readable text.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+    alphabet = [_bytes_to_unicode()[b] for b in range(32, 127)]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -128,7 +131,8 @@ def llama_tokenizer(vocab_size: int = 512, image_token_attribute: bool = True):
         vocab_size=vocab_size,
         special_tokens=specials,
         show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
     )
     tok.train_from_iterator(_CORPUS, trainer)
     tok.post_processor = processors.TemplateProcessing(

@@ -25,14 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.stats import norm
 
-from pigeon_bench import io
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import overall
-from pigeon_bench.report import DIGITS, TABLE1_COLUMNS, format_value, load_summary, resolve_run
-from pigeon_bench.schema import HIGHER_IS_BETTER, METRICS, PER_SAMPLE_METRICS
+from pigeon_bench.report import DIGITS, TABLE1_COLUMNS, format_value, load_scores, load_summary, resolve_run
+from pigeon_bench.schema import HIGHER_IS_BETTER, METRICS
 from pigeon_bench.stats import DEFAULT_N_PERM, holm, paired_test
 
 COMPARE_FORMATS = ("md", "json")
@@ -137,16 +135,6 @@ def _p(p: float | None) -> str:
     if p is None or math.isnan(p):
         return "-"
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
-
-
-def load_scores(run_dir: Path) -> pd.DataFrame:
-    """RUN/scores.parquet indexed by sample id (unique ids required)."""
-    df = io.read_parquet(run_dir / "scores.parquet", ["sample_id", *PER_SAMPLE_METRICS])
-    df = df.assign(sample_id=df["sample_id"].astype(str))
-    dup = df["sample_id"][df["sample_id"].duplicated()]
-    if len(dup):
-        raise UserError(f"{run_dir / 'scores.parquet'}: duplicate sample id {dup.iloc[0]!r}")
-    return df.set_index("sample_id").sort_index()
 
 
 def _fid_result(base: dict, cand: dict, alpha: float) -> tuple[float, float, float]:

@@ -40,7 +40,6 @@ METHOD_ORDER: tuple[str, ...] = (
     "ti", "pmg", "llava*", "llava", "lavit*", "lavit", "pigeon", "recon", "grd", "hist",
 )
 SCENARIO_TITLES = {"sticker": "Sticker", "movie": "Movie poster"}
-SELECTION_LABEL = "test-time best of 11"
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
 SHORT_NAMES = {"cs": "CS", "cis": "CIS", "dis": "DIS", "lpips": "LPIPS", "msssim": "MS-SSIM", "fid": "FID",
                "overall": "Overall"}
@@ -406,12 +405,14 @@ class Case:
     outputs: list[tuple[str, str | None, dict[str, str]]]  # (label, data URI, printed scores)
 
 
-def _scores(run: Path) -> pd.DataFrame | None:
-    path = run / "scores.parquet"
-    if not path.is_file():
-        return None
-    return io.read_parquet(path, ["sample_id", *PER_SAMPLE_METRICS]).assign(
-        sample_id=lambda d: d["sample_id"].astype(str)).set_index("sample_id")
+def load_scores(run_dir: Path) -> pd.DataFrame:
+    """RUN/scores.parquet indexed by sample id (unique ids required), sorted by id."""
+    df = io.read_parquet(run_dir / "scores.parquet", ["sample_id", *PER_SAMPLE_METRICS])
+    df = df.assign(sample_id=df["sample_id"].astype(str))
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise UserError(f"{run_dir / 'scores.parquet'}: duplicate sample id {dup.iloc[0]!r}")
+    return df.set_index("sample_id").sort_index()
 
 
 def gallery(rows: list[Row], n_cases: int, seed: int = 0) -> tuple[list[Case], str | None]:
@@ -434,7 +435,7 @@ def gallery(rows: list[Row], n_cases: int, seed: int = 0) -> tuple[list[Case], s
     data_dir = Path(manifest["data"]) if manifest.get("data") else None
     dataset = Dataset(data_dir) if data_dir is not None and data_dir.is_dir() else None
     samples = {s.sample_id: s for s in dataset.samples()} if dataset else {}
-    scores = {r.label: _scores(r.run) for r in runs}
+    scores = {r.label: load_scores(r.run) if (r.run / "scores.parquet").is_file() else None for r in runs}
     cases = []
     for sid in chosen:
         s = samples.get(sid)

@@ -125,11 +125,16 @@ def test_parse_gate():
     (["{base}", "{base}", "--format", "xml"], "unknown format 'xml'"),
     (["{base}", "{noscores}"], "missing file"),
     (["{base}", "{root}/nowhere"], "run folder not found"),
+    (["{base}", "{dup}"], "duplicate sample id 's00'"),
     (["{base}", "{base}", "--n-boot", "10"], "at least 100"),
 ])
 def test_usage_errors_exit_2_in_one_line(cli, runs, tmp_path, args, message):
     noscores = tmp_path / "noscores"
     shutil.copytree(runs["base"], noscores)
     (noscores / "scores.parquet").unlink()
-    fill = {k: v for k, v in runs.items()} | {"noscores": noscores}
+    dup = tmp_path / "dup"
+    shutil.copytree(runs["base"], dup)
+    df = pd.read_parquet(dup / "scores.parquet")
+    pd.concat([df, df.head(1)]).to_parquet(dup / "scores.parquet", index=False)
+    fill = {k: v for k, v in runs.items()} | {"noscores": noscores, "dup": dup}
     assert_one_line_error(cli("compare", *[a.format(**fill) for a in args]), message)

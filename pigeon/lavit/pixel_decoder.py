@@ -30,7 +30,9 @@ class PixelDecoder(nn.Module):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
         try:
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=False,
+            # the release ships the UNet as a .bin (LaVIT: use_safetensors=False); a converted copy may not
+            safetensors = (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=safetensors,
                                                         torch_dtype=dtype)
             vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
             scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")

@@ -352,7 +352,8 @@ def render_latex(tables: list[Table], ci: bool) -> str:
                 line.append(rf"{text} {{\scriptsize {extra}}}" if extra else text)
             body.append(line)
         df = pd.DataFrame(body, index=index, columns=columns)
-        caption = t.title + "".join(f" ({n})" for n in t.notices)
+        caption = t.title + "".join(f" ({n})" for n in t.notices) + (
+            ". Best in bold, second best underlined (Reference rows excluded)" if t.marked else "")
         styler = df.style
         out.append(styler.to_latex(hrules=True, multicol_align="c", multirow_align="t",
                                    column_format="l" * index.nlevels + "r" * len(t.columns),

@@ -250,3 +250,8 @@ def test_cli_usage_errors_are_one_line(cli, world, tmp_path, args, message):
     fill = {"tmp": tmp_path, "ti": world["ti"], "empty": tmp_path / "empty", "broken": broken,
             "pigeon": world["pigeon"]}
     assert_one_line_error(cli(*[a.format(**fill) for a in args]), message)
+
+
+@pytest.mark.parametrize("fmt, name", [("md", "table1.md"), ("latex", "table1.tex")])
+def test_committed_paper_table_is_the_tools_output(fmt, name):
+    assert (PAPER_DIR / name).read_text(encoding="utf-8") == build_report([], fmt=fmt, paper=True)

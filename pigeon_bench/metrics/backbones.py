@@ -14,6 +14,7 @@ its model lazily (a warm cache never loads a model) and counts the images (or te
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io as _io
 import json
@@ -387,11 +388,18 @@ def build(profile: str, device: str = "cpu", weights: dict[str, str | Path] | No
         return out
     for bid in BACKBONE_IDS:
         d = backbones.get(bid)
-        loaded = _to_device(lambda d=d: d.tiny(seed), device)()
-        module = loaded if isinstance(loaded, nn.Module) else loaded[0]
-        out[bid] = d.cls(bid, "tiny-" + state_dict_fingerprint(module), "tiny|" + d.preprocess,
-                         lambda loaded=loaded: loaded, device)
+        loaded, fingerprint = _tiny(bid, seed, device)
+        out[bid] = d.cls(bid, fingerprint, "tiny|" + d.preprocess, lambda loaded=loaded: loaded, device)
     return out
+
+
+@functools.cache
+def _tiny(backbone_id: str, seed: int, device: str) -> tuple[Any, str]:
+    """A tiny model and its fingerprint, built once per process (inference never changes it)."""
+    d = backbones.get(backbone_id)
+    loaded = _to_device(lambda: d.tiny(seed), device)()
+    module = loaded if isinstance(loaded, nn.Module) else loaded[0]
+    return loaded, "tiny-" + state_dict_fingerprint(module)
 
 
 def _to_device(load: Callable[[], Any], device: str) -> Callable[[], Any]:

@@ -39,8 +39,24 @@ class FeatureStore:
         return self.root / namespace / key[:2] / f"{key}.safetensors"
 
     def has(self, namespace: str, key: str) -> bool:
-        """Present in memory or on disk (without reading it)."""
-        return (namespace, key) in self._memory or self.path(namespace, key).is_file()
+        """Present in memory or as a complete file on disk (header and size checked, data not read).
+
+        An incomplete or unreadable file is removed so that the entry is recomputed and rewritten.
+        """
+        if (namespace, key) in self._memory:
+            return True
+        path = self.path(namespace, key)
+        if not path.is_file():
+            return False
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError):
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def get(self, namespace: str, key: str) -> dict[str, torch.Tensor] | None:
         hit = self._memory.get((namespace, key))

@@ -1,0 +1,110 @@
+"""Parity of the pure metric functions with the reference libraries on identical inputs and weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pigeon_bench.metrics import functional as Fn
+from pigeon_bench.metrics.backbones import LpipsBackbone, tiny_inception, tiny_lpips_vgg
+
+
+def _features(n: int, d: int, shift: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    return rng.normal(size=(n, d)) @ mix + shift
+
+
+def test_fid_matches_torchmetrics_and_torch_fidelity_on_features():
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torchmetrics.image.fid import _compute_fid
+
+    a, b = _features(300, 48, 0.0, 1), _features(260, 48, 0.4, 2)
+    ours = Fn.frechet_distance(a, b)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    tm = _compute_fid(at.mean(0), torch.cov(at.T), bt.mean(0), torch.cov(bt.T)).item()
+    tf = fid_statistics_to_metric(fid_features_to_statistics(at), fid_features_to_statistics(bt), False)
+    tf = tf["frechet_inception_distance"]
+    assert ours > 1.0
+    assert abs(ours - tm) <= 1e-4 * abs(tm)
+    assert abs(ours - tf) <= 1e-4 * abs(tf)
+    # fewer rows than dimensions (singular covariances) takes the nuclear-norm path
+    a2, b2 = a[:30], b[:30]
+    a2t, b2t = torch.from_numpy(a2), torch.from_numpy(b2)
+    tm2 = _compute_fid(a2t.mean(0), torch.cov(a2t.T), b2t.mean(0), torch.cov(b2t.T)).item()
+    assert abs(Fn.frechet_distance(a2, b2) - tm2) <= 1e-4 * abs(tm2)
+
+
+def test_paired_fid_resampling_is_exact():
+    a, b = _features(40, 64, 0.0, 3), _features(40, 64, 0.2, 4)
+    fid_of = Fn.paired_fid(a, b)
+    assert fid_of(np.arange(40)) == pytest.approx(Fn.frechet_distance(a, b), rel=1e-9)
+    idx = np.random.default_rng(5).integers(0, 40, 40)
+    assert fid_of(idx) == pytest.approx(Fn.frechet_distance(a[idx], b[idx]), rel=1e-9)
+
+
+def test_fid_pipeline_matches_torchmetrics_with_the_same_extractor():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    extractor = tiny_inception(0)
+
+    class Pool3(torch.nn.Module):  # 64 of the 2048 pool3 dims keeps torchmetrics' 2048x2048 eigvals out
+        def forward(self, x):
+            return extractor(x)[0][:, :64]
+
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(rng.integers(0, 256, (12, 3, 64, 64), dtype=np.uint8))
+    fake = (real.float() * 0.6 + 40).clamp(0, 255).to(torch.uint8)
+    with torch.inference_mode():
+        fr, ff = Pool3()(real).double().numpy(), Pool3()(fake).double().numpy()
+    assert fr.std() > 1e-3  # the tiny extractor does not collapse
+    ours = Fn.frechet_distance(ff, fr)
+    metric = FrechetInceptionDistance(feature=Pool3(), reset_real_features=True)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    tm = metric.compute().item()
+    assert ours > 1e-3
+    assert abs(ours - tm) <= 1e-4 * abs(tm)
+
+
+def test_lpips_from_cached_maps_matches_lpips_forward():
+    import lpips
+    from torchvision.models.vgg import cfgs
+
+    net = tiny_lpips_vgg(seed=1, cfg=cfgs["D"])  # full VGG16 layout, seeded random weights
+    ref = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
+    # the same weights in lpips' model: its slices name modules by torchvision index, in the same order
+    ref_slices = (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5)
+    for i, (block, ref_slice) in enumerate(zip(net.slices, ref_slices, strict=True)):
+        ref_slice.load_state_dict(dict(zip(ref_slice.state_dict(), block.state_dict().values(), strict=True)))
+        getattr(ref, f"lin{i}").model[1].weight.data = getattr(net, f"sqrt_w{i}").square().clone()
+    backbone = LpipsBackbone("lpips-vgg", "test", "test", lambda: net)
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    maps = backbone.encode(ims)
+    names = backbone.outputs
+    ours = Fn.lpips_from_maps([maps[k][:2] for k in names], [maps[k][2:] for k in names])
+    x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) for im in ims])
+    x = x / 127.5 - 1
+    with torch.inference_mode():
+        expected = ref(x[:2], x[2:]).flatten()
+    assert expected.min() > 0.01
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_msssim_wrapper_is_pytorch_msssim():
+    from pytorch_msssim import ms_ssim
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 176, 176))).float()
+    y = (x * 0.7 + 30).round()
+    expected = ms_ssim(x, y, data_range=255, size_average=False)
+    torch.testing.assert_close(Fn.ms_ssim_255(x.to(torch.uint8), y.to(torch.uint8)), expected)
+
+
+def test_cosine_100_is_not_clamped():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
+    b = torch.tensor([[-1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    torch.testing.assert_close(Fn.cosine_100(a, b), torch.tensor([-100.0, 0.0, 100.0], dtype=torch.float64))

@@ -1,0 +1,295 @@
+"""Scoring end to end on a tiny dataset with the tiny profile: values against direct library computations,
+the cache (warm pass, content addressing, kill-safety), summary schema, edge inputs and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from pigeon_bench import io
+from pigeon_bench.data.model import write_dataset
+from pigeon_bench.errors import UserError
+from pigeon_bench.metrics import overall
+from pigeon_bench.metrics.preprocess import ResizeSpec
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+from pigeon_bench.scoring import SampleInputs, Scorer
+
+SIZE = 176  # smallest resize MS-SSIM allows; the 512 default is exercised by the CLI test
+
+
+def _drawing(i: int, size: int = 80) -> Image.Image:
+    rng = np.random.default_rng(i)
+    im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    d = ImageDraw.Draw(im)
+    x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+    d.ellipse([x, y, x + size // 2, y + size // 3], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    d.rectangle([y, x, y + 10, x + 20], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+def make_world(root: Path, n_samples: int = 4, n_items: int = 9) -> tuple[Path, Path]:
+    """A dataset folder (drawn items) and a run folder with one generated image per sample."""
+    ds = root / "ds"
+    (ds / "img").mkdir(parents=True)
+    items = []
+    for i in range(n_items):
+        io.save_image(ds / "img" / f"{i}.png", _drawing(i))
+        items.append((str(i), f"img/{i}.png", f"a sticker of shape {i}"))
+    samples = [(f"s{s}", "u0", [str((s + j) % n_items) for j in range(5)], str((s + 5) % n_items),
+                str((s + 6) % n_items), "test", "draw it") for s in range(n_samples)]
+    columns = ["sample_id", "user_id", "history", "target_id", "reference_id", "split", "instruction"]
+    write_dataset(ds, pd.DataFrame(items, columns=["item_id", "image_path", "semantics"]),
+                  pd.DataFrame(samples, columns=columns), {"scenario": "sticker"})
+    run = root / "run"
+    for s in range(n_samples):
+        io.save_image(run / "images" / f"s{s}.png", _drawing(100 + s, size=64))
+    io.write_json(run / "manifest.json", {"method": "grd", "label": "Grd", "group": "Reference",
+                                          "scenario": "sticker", "data": str(ds), "alpha_r": None})
+    return ds, run
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, Path]:
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def scored(world, tmp_path_factory):
+    """One tiny-profile Scorer and the summary of scoring the world's run with it."""
+    cache = tmp_path_factory.mktemp("featcache")
+    scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=cache, n_boot=200, progress=False)
+    with pytest.warns(UserWarning, match="FID on 4 samples"):
+        summary = scorer.score_run(world[1])
+    return scorer, summary, cache
+
+
+def test_outputs_follow_the_schema(world, scored):
+    _, summary, _ = scored
+    _, run = world
+    df = pd.read_parquet(run / "scores.parquet")
+    assert list(df.columns) == ["sample_id", *PER_SAMPLE_METRICS]
+    assert list(df["sample_id"]) == ["s0", "s1", "s2", "s3"]
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert set(on_disk) >= {"method", "label", "group", "scenario", "profile", "notice", "n", "metrics",
+                            "backbones", "bootstrap", "selection", "alpha_r"}
+    assert on_disk["notice"] == TINY_PROFILE_NOTICE and on_disk["profile"] == "tiny"
+    assert (on_disk["method"], on_disk["n"], on_disk["scenario"]) == ("grd", 4, "sticker")
+    assert set(on_disk["metrics"]) == set(METRICS)
+    for m in PER_SAMPLE_METRICS:
+        v = on_disk["metrics"][m]
+        assert v["mean"] == pytest.approx(df[m].mean())
+        assert v["lo"] <= v["mean"] <= v["hi"]
+    expected_overall = overall(df["p_cis"].mean(), df["a_cs"].mean())
+    assert on_disk["metrics"]["overall"]["mean"] == pytest.approx(expected_overall)
+    assert on_disk["metrics"]["fid"]["mean"] > 0
+    assert set(on_disk["backbones"]) == {"clip", "dino", "lpips-vgg", "fid-inception"}
+    assert on_disk["bootstrap"] == {"n_boot": 200, "seed": 0, "level": 0.95}
+
+
+def _resized(path: Path) -> Image.Image:
+    return ResizeSpec(SIZE).apply(io.load_rgb(path))
+
+
+def test_clip_and_dino_scores_match_direct_library_calls(world, scored):
+    scorer, _, _ = scored
+    ds, run = world
+    df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
+    model, preprocess, tokenizer = scorer.backbones["clip"].loaded
+    dino, processor = scorer.backbones["dino"].loaded
+    hist = [str((0 + j) % 9) for j in range(5)]
+    gen = _resized(run / "images" / "s0.png")
+    ref = _resized(ds / "img" / "6.png")
+    hists = [_resized(ds / "img" / f"{h}.png") for h in hist]
+    with torch.inference_mode():
+        def clip_img(ims):
+            x = torch.stack([preprocess(i) for i in ims])
+            return torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+
+        def clip_txt(texts):
+            return torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+
+        def dino_img(ims):
+            out = dino(pixel_values=processor(images=ims, return_tensors="pt")["pixel_values"]).pooler_output
+            return torch.nn.functional.normalize(out, dim=-1)
+
+        g, r, h = clip_img([gen]), clip_img([ref]), clip_img(hists)
+        assert df.loc["s0", "a_cis"] == pytest.approx(100 * (g @ r.T).item(), abs=1e-4)
+        assert df.loc["s0", "p_cis"] == pytest.approx(100 * (g @ h.T).mean().item(), abs=1e-4)
+        t_ref = clip_txt(["a sticker of shape 6"])
+        t_hist = clip_txt([f"a sticker of shape {x}" for x in hist])
+        assert df.loc["s0", "a_cs"] == pytest.approx(100 * (g @ t_ref.T).item(), abs=1e-4)
+        assert df.loc["s0", "p_cs"] == pytest.approx(100 * (g @ t_hist.T).mean().item(), abs=1e-4)
+        dg, dr, dh = dino_img([gen]), dino_img([ref]), dino_img(hists)
+        assert df.loc["s0", "a_dis"] == pytest.approx(100 * (dg @ dr.T).item(), abs=1e-4)
+        assert df.loc["s0", "p_dis"] == pytest.approx(100 * (dg @ dh.T).mean().item(), abs=1e-4)
+
+
+def test_msssim_matches_pytorch_msssim_on_resized_images(world, scored):
+    from pytorch_msssim import ms_ssim
+
+    ds, run = world
+    df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
+
+    def t(im):
+        return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
+
+    gen = t(_resized(run / "images" / "s1.png"))
+    hist = torch.stack([t(_resized(ds / "img" / f"{(1 + j) % 9}.png")) for j in range(5)])
+    expected = ms_ssim(gen[None].expand_as(hist), hist, data_range=255, size_average=False).mean().item()
+    assert df.loc["s1", "p_msssim"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):
+    _, summary, cache = scored
+    warm = Scorer(profile="tiny", resize=SIZE, cache_dir=cache, n_boot=200, progress=False)
+    with pytest.warns(UserWarning):
+        again = warm.score_run(world[1])
+    assert all(v == 0 for v in warm.forward_counts().values())
+    assert again["metrics"] == summary["metrics"]
+    # nothing was loaded either: a warm pass never builds a paper model
+    assert warm.backbones["lpips-vgg"].forwards == 0
+
+
+def test_each_unique_image_goes_through_each_backbone_once(world, scored):
+    scorer, _, _ = scored
+    counts = scorer.forward_counts()
+    # 4 generated + 9 dataset items (every item is a history or reference image here)
+    assert counts["clip"] == counts["dino"] == 4 + 9
+    # LPIPS: generated + history items (items 0..7); FID: generated + reference items (6, 7, 8, 0)
+    assert counts["lpips-vgg"] == 4 + 8
+    assert counts["fid-inception"] == 4 + 4
+    assert counts["clip-text"] == 9
+
+
+def test_content_addressing_across_files_and_shared_features(world, scored, tmp_path):
+    scorer, _, _ = scored
+    ds, _ = world
+    before = scorer.forward_counts()
+    # the same picture under another name and format is the same features
+    copy = tmp_path / "copy.bmp"
+    io.load_rgb(ds / "img" / "3.png").save(copy)
+    emb = scorer.clip_image_embeddings([copy, Image.open(ds / "img" / "3.png")])
+    assert scorer.forward_counts() == before
+    assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(emb[0], emb[1])
+    new = scorer.clip_image_embeddings([_drawing(999)])
+    assert scorer.forward_counts()["clip"] == before["clip"] + 1 and new.shape == emb[:1].shape
+
+
+def test_cache_ignores_temporaries_and_recovers_from_corrupt_entries(world, tmp_path):
+    ds, _ = world
+    scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path, n_boot=10, progress=False)
+    scorer.clip_image_embeddings([ds / "img" / "0.png"])
+    files = sorted((tmp_path / "features").rglob("*.safetensors"))
+    assert len(files) == 1
+    # a kill mid-write leaves only a temporary beside the entry; a truncated entry is a miss, rewritten
+    (files[0].parent / f".{files[0].name}.123.tmp.safetensors").write_bytes(b"partial")
+    files[0].write_bytes(b"garbage")
+    fresh = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path, n_boot=10, progress=False)
+    emb = fresh.clip_image_embeddings([ds / "img" / "0.png"])
+    assert fresh.forward_counts()["clip"] == 1
+    torch.testing.assert_close(emb, scorer.clip_image_embeddings([ds / "img" / "0.png"]))
+    assert files[0].stat().st_size > 100
+
+
+def test_identical_images_score_100(world, scored):
+    scorer, _, _ = scored
+    ds, _ = world
+    same = SampleInputs("x", ds / "img" / "2.png", [ds / "img" / "2.png"] * 5, ["t"] * 5,
+                        ds / "img" / "2.png", "t")
+    other = SampleInputs("y", ds / "img" / "3.png", [ds / "img" / "1.png"] * 5, ["u"] * 5,
+                         ds / "img" / "4.png", "u")
+    df, _, _ = scorer.score_samples([same, other])
+    row = df.iloc[0]
+    for m in ("a_cis", "a_dis", "p_cis", "p_dis"):
+        assert row[m] == pytest.approx(100.0, abs=1e-4)
+    assert row["p_lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert row["p_msssim"] == pytest.approx(1.0, abs=1e-5)
+    assert df.iloc[1]["a_cis"] < 99.9
+
+
+def test_edge_image_modes_score_like_their_rgb_version(world, scored, tmp_path):
+    scorer, _, _ = scored
+    rgb = _drawing(7)
+    modes = {"L": rgb.convert("L"), "P": rgb.convert("P"), "RGBA": rgb.convert("RGBA")}
+    arr16 = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    modes["I;16"] = Image.fromarray(arr16)
+    assert modes["I;16"].mode.startswith("I;16")
+    for name, im in modes.items():
+        path = tmp_path / f"{name.replace(';', '')}.png"
+        im.save(path)
+        got = io.load_rgb(path)
+        assert got.mode == "RGB" and got.size == rgb.size, name
+    np.testing.assert_array_equal(np.asarray(io.load_rgb(tmp_path / "I16.png")),
+                                  np.asarray(rgb.convert("L").convert("RGB")))
+    transparent = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
+    assert io.to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
+    embs = scorer.clip_image_embeddings([tmp_path / "L.png", rgb.convert("L").convert("RGB")])
+    torch.testing.assert_close(embs[0], embs[1])
+
+
+def test_small_images_follow_the_resize_and_too_small_specs_are_refused(world, scored):
+    scorer, _, _ = scored
+    tiny = _drawing(3, size=24)  # far below MS-SSIM's 161-pixel minimum: the common resize brings it to 176
+    s = SampleInputs("t", tiny, [tiny] * 5, ["a"] * 5, tiny, "a")
+    df, _, _ = scorer.score_samples([s, s])
+    assert df["p_msssim"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(UserError, match="MS-SSIM"):
+        ResizeSpec(100)
+    with pytest.raises(UserError, match="MS-SSIM"):
+        ResizeSpec(None).apply(tiny)
+
+
+def test_missing_and_corrupt_images_are_named(world, scored, tmp_path):
+    scorer, _, _ = scored
+    ds, _ = world
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    ok = ds / "img" / "1.png"
+    with pytest.raises(UserError, match=r"bad\.png"):
+        scorer.score_samples([SampleInputs("a", bad, [ok] * 5, ["t"] * 5, ok, "t")] * 2)
+    with pytest.raises(UserError, match=r"nope\.png"):
+        scorer.score_samples([SampleInputs("a", ok, [tmp_path / "nope.png"] * 5, ["t"] * 5, ok, "t")] * 2)
+
+
+def test_run_folder_errors(world, scored, tmp_path):
+    scorer, _, _ = scored
+    ds, _ = world
+    with pytest.raises(UserError, match="--data"):
+        (tmp_path / "r" / "images").mkdir(parents=True)
+        scorer.score_run(tmp_path / "r")
+    with pytest.raises(UserError, match=r"no <sample_id>\.png"):
+        scorer.score_run(tmp_path / "r", ds)
+    io.save_image(tmp_path / "r" / "images" / "zzz.png", _drawing(1))
+    with pytest.raises(UserError, match="zzz"):
+        scorer.score_run(tmp_path / "r", ds)
+    one = tmp_path / "one"
+    io.save_image(one / "images" / "s0.png", _drawing(1))
+    with pytest.raises(UserError, match="at least 2"):
+        scorer.score_run(one, ds)
+
+
+def test_cli_score_with_data_flag_and_default_512_resize(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from pigeon_bench.cli import app
+
+    ds, run = world
+    plain = tmp_path / "plain"
+    for p in sorted((run / "images").glob("*.png"))[:2]:  # 2 samples keep the 512 px pass short
+        io.write_bytes(plain / "images" / p.name, p.read_bytes())
+    res = CliRunner().invoke(app, ["score", str(plain), "--data", str(ds), "--profile", "tiny",
+                                   "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert TINY_PROFILE_NOTICE in res.output
+    summary = json.loads((plain / "summary.json").read_text())
+    assert summary["preprocess"] == "rgb-512-bilinear" and summary["method"] is None
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "missing"), "--profile", "tiny"])
+    assert res.exit_code == 2 and "run folder not found" in res.output

@@ -440,6 +440,19 @@ SAVERS: dict[str, Callable[[Path], None]] = {
 }
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    import transformers.utils.logging as tlog
+
+    was = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
+
+
 def materialize(name: str, root: str | Path | None = None) -> Path:
     """Save tiny model ``name`` (see ``SAVERS``) under ``root`` (default: the cache) once; return its folder.
 
@@ -454,7 +467,8 @@ def materialize(name: str, root: str | Path | None = None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}-"))
     try:
-        SAVERS[name](tmp)
+        with _no_progress_bars():
+            SAVERS[name](tmp)
         with contextlib.suppress(OSError):  # another process won the race: keep theirs
             os.rename(tmp, out)
     finally:

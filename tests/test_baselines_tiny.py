@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +50,21 @@ def write_tiny_dataset(root: Path, n_items: int = 14) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every tiny model saved with save_pretrained into a session folder (loaded like hub checkpoints)."""
-    root = tmp_path_factory.mktemp("tiny-models")
+@functools.cache
+def _saved_models(root: Path) -> dict[str, Path]:
     return {name: tiny.materialize(name, root) for name in tiny.SAVERS}
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny model saved with save_pretrained into one session folder (loaded like hub checkpoints)."""
+    return _saved_models(tmp_path_factory.getbasetemp() / "tiny-models")
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("dataset"))
+    root = tmp_path_factory.getbasetemp() / "tiny-dataset"
+    return root if (root / "stats.json").is_file() else write_tiny_dataset(root)
 
 
 def test_requests(tiny_dataset: Path, split: str = "test") -> list[GenerationRequest]:

@@ -1,0 +1,104 @@
+"""Reference captions: BLIP-2 (paper default, ``Salesforce/blip2-opt-2.7b``) or a LLaVA model, cached on
+disk.
+
+The paper's baselines caption the reference image (Pigeon §2.2 uses BLIP-2 or LLaVA as the caption model),
+so the adapters use the caption, not the dataset's ``semantics`` text, unless a method is given
+``reference_text=semantics``. Captions are cached under ``cache_dir()/captions/<captioner fingerprint>/`` by
+the image's content hash; the fingerprint covers the model reference, its config and weight file sizes, the
+prompt and the decoding length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from baselines import models
+from pigeon_bench import io
+from pigeon_bench.errors import UserError
+from pigeon_bench.paths import cache_dir
+
+LLAVA_CAPTION_PROMPT = "USER: <image>\nDescribe this image in one sentence. ASSISTANT:"
+
+
+def image_hash(image: Image.Image) -> str:
+    """Content hash of the decoded pixels (mode, size, bytes): the same picture hashes alike in any file."""
+    h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+class Captioner:
+    """Captions images with a BLIP-2 or LLaVA checkpoint (from its config); greedy, batched, cached."""
+
+    def __init__(
+        self,
+        ref: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_new_tokens: int = 30,
+        min_new_tokens: int = 1,
+        batch_size: int = 16,
+        cache_root: str | Path | None = None,
+    ):
+        self.ref = ref
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+        self.batch_size = batch_size
+        self.fingerprint = hashlib.sha256(
+            f"{models.fingerprint(ref)}|{LLAVA_CAPTION_PROMPT}|{max_new_tokens}|{min_new_tokens}".encode()
+        ).hexdigest()[:16]
+        self.folder = Path(cache_root or cache_dir()) / "captions" / self.fingerprint
+
+    def _path(self, digest: str) -> Path:
+        return self.folder / digest[:2] / f"{digest}.txt"
+
+    def caption(self, images: list[Image.Image]) -> list[str]:
+        """One caption per image; each distinct image goes through the model once, ever (disk cache)."""
+        digests = [image_hash(im) for im in images]
+        todo = {d: im for d, im in zip(digests, images, strict=True) if not self._path(d).is_file()}
+        if todo:
+            keys = list(todo)
+            for start in range(0, len(keys), self.batch_size):
+                part = keys[start : start + self.batch_size]
+                for d, text in zip(part, self._run([todo[d] for d in part]), strict=True):
+                    io.write_text(self._path(d), text)
+        return [self._path(d).read_text(encoding="utf-8") for d in digests]
+
+    def _run(self, images: list[Image.Image]) -> list[str]:
+        model, processor = models.load_lmm(self.ref, self.device, self.dtype)
+        is_llava = model.config.model_type == "llava"
+        text = [LLAVA_CAPTION_PROMPT if is_llava else ""] * len(images)
+        batch = processor(images=images, text=text, return_tensors="pt", padding=True)
+        inputs = models.to_model_inputs(batch, self.device, self.dtype)
+        return models.generate_text(
+            model, processor.tokenizer, inputs, self.max_new_tokens, self.min_new_tokens
+        )
+
+
+def captioner_for(generator: models.BaselineGenerator) -> Captioner:
+    """The captioner a method uses: option ``captioner`` (hub id or folder), else (tiny) BLIP-2."""
+    ref = models.resolve(generator.options.get("captioner"), models.BLIP2, "blip2", generator.profile)
+    tiny_profile = generator.profile == "tiny"
+    return Captioner(
+        ref,
+        generator.device,
+        generator.dtype,
+        max_new_tokens=8 if tiny_profile else 30,
+        min_new_tokens=3 if tiny_profile else 1,
+    )
+
+
+def reference_texts(generator: models.BaselineGenerator, requests: list) -> list[str]:
+    """The reference description methods condition on: its caption (default) or the dataset's semantics."""
+    source = generator.options.get("reference_text") or "caption"
+    if source == "semantics":
+        return [r.reference_text for r in requests]
+    if source != "caption":
+        raise UserError(f"option reference_text={source!r}: expected caption or semantics")
+    return captioner_for(generator).caption([r.reference_image for r in requests])

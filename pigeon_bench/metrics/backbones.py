@@ -186,12 +186,10 @@ def load_open_clip(model_name: str, weights_file: str | Path, pretrained_tag: st
     """(model, preprocess, tokenizer) from an open_clip state-dict file, as open_clip loads it."""
     import open_clip
 
-    preprocess_cfg = None
-    if pretrained_tag is not None:
-        cfg = open_clip.get_pretrained_cfg(model_name, pretrained_tag)
-        preprocess_cfg = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=str(weights_file), force_preprocess_cfg=preprocess_cfg)
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained_tag) if pretrained_tag else {}
+    model, _, preprocess = open_clip.create_model_and_transforms(  # the tag's preprocessing, file's weights
+        model_name, pretrained=str(weights_file), image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"))
     return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
 
 

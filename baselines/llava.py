@@ -3,10 +3,10 @@ draws it.
 
 ``llava*`` is the pretrained model (``llava-hf/llava-1.5-7b-hf``); ``llava`` is the same model with a LoRA
 fine-tuned on the training split (target: the caption of the user's next image), made by ``pigeon-bench
-baselines finetune-llava`` (or on the fly from option ``data=DATASET``, cached). The reference enters both
-as an image and as its caption. Options: ``llava`` (hub id or folder), ``sdxl``, ``captioner``,
-``reference_text``, ``steps``, ``size``, ``guidance``, ``batch_size``, ``max_new_tokens``; ``llava`` also
-``lora`` (folder) or ``data`` (dataset folder).
+baselines finetune-llava`` (or on the fly, cached, from option ``data_dir=DATASET``; in the tiny profile
+from the demo dataset). The reference enters both as an image and as its caption. Options: ``llava`` (hub id
+or folder), ``sdxl``, ``captioner``, ``reference_text``, ``steps``, ``size``, ``guidance``, ``batch_size``,
+``max_new_tokens``; ``llava`` also ``lora`` (folder) or ``data_dir`` (dataset folder).
 """
 
 from __future__ import annotations
@@ -68,24 +68,29 @@ class LlavaPretrained(models.BaselineGenerator):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model = None
+        self.pipe = None
+        self.ref = self.lora_dir = None
 
-    def lora(self) -> str | None:
+    def lora(self, requests: list[GenerationRequest]) -> str | None:
+        """The LoRA folder to merge (none for the pretrained model)."""
         return None
 
     def base_ref(self) -> str:
         return models.resolve(self.options.get("llava"), models.LLAVA, "llava", self.profile)
 
     def load(self) -> None:
-        if self.model is not None:
-            return
-        with models.compute_threads(self.profile, self.device):
-            self.lora_dir = self.lora()
-            self.ref = self.base_ref()
-            self.model, self.processor = models.load_lmm(
-                self.ref, self.device, self.dtype, lora=self.lora_dir
-            )
+        """Load SDXL; LLaVA loads on the first batch (``llava`` may need the batch to find its data)."""
+        if self.pipe is None:
             self.sdxl_ref = models.resolve(self.options.get("sdxl"), models.SDXL, "sdxl", self.profile)
-            self.pipe = models.load_pipeline("sdxl", self.sdxl_ref, self.device, self.dtype)
+            with models.compute_threads(self.profile, self.device):
+                self.pipe = models.load_pipeline("sdxl", self.sdxl_ref, self.device, self.dtype)
+
+    def load_llava(self, requests: list[GenerationRequest]) -> None:
+        if self.model is None:
+            self.lora_dir = self.lora(requests)
+            self.ref = self.base_ref()
+            with models.compute_threads(self.profile, self.device):
+                self.model, self.processor = models.load_lmm(self.ref, self.device, self.dtype, self.lora_dir)
 
     def write_prompts(self, requests: list[GenerationRequest], captions: list[str]) -> list[str]:
         """LLaVA's generated text for each request (greedy, batched, left-padded)."""
@@ -105,6 +110,7 @@ class LlavaPretrained(models.BaselineGenerator):
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self.load_llava(requests)
         self.load()
         with models.compute_threads(self.profile, self.device):
             captions = captioner.reference_texts(self, requests)
@@ -127,11 +133,12 @@ class LlavaPretrained(models.BaselineGenerator):
         ]
 
     def describe(self) -> dict[str, Any]:
+        """Models used so far (LLaVA is known once a batch has been generated)."""
         self.load()
         return {
             **super().describe(),
             "llava": self.ref,
-            "llava_fingerprint": models.fingerprint(self.ref),
+            "llava_fingerprint": models.fingerprint(self.ref) if self.ref else None,
             "lora": self.lora_dir,
             "sdxl": self.sdxl_ref,
         }
@@ -144,38 +151,37 @@ generators.register("llava*", LlavaPretrained)
 class LlavaFinetuned(LlavaPretrained):
     name = "llava"
     label = "LLaVA"
-    accepted_options = (*LlavaPretrained.accepted_options, "lora", "data", "ft_steps", "ft_lr")
+    accepted_options = (*LlavaPretrained.accepted_options, "lora", "data_dir", "ft_steps", "ft_lr")
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {**LlavaPretrained.defaults["tiny"], "ft_steps": 4, "ft_lr": 1e-3},
-        "paper": {
-            **LlavaPretrained.defaults["paper"],
-            "ft_steps": 0,
-            "ft_lr": 1e-5,
-        },  # 0: one pass over train
+        "paper": {**LlavaPretrained.defaults["paper"], "ft_steps": 0, "ft_lr": 1e-5},  # 0: one epoch
     }
 
-    def lora(self) -> str:
+    def lora(self, requests: list[GenerationRequest]) -> str:
+        """Option ``lora``; else a LoRA fine-tuned (once, cached) on the train split of option ``data_dir``
+        or, in the tiny profile, of the demo dataset that holds the requested samples."""
         if self.options.get("lora"):
             folder = Path(str(self.options["lora"])).expanduser()
             if not (folder / "adapter_config.json").is_file():
                 raise UserError(f"not a LoRA folder (no adapter_config.json): {folder}")
             return str(folder)
-        if self.options.get("data"):
-            return str(
-                cached_finetune(
-                    self.options["data"],
-                    self.profile,
-                    self.options.get("llava"),
-                    self.options.get("captioner"),
-                    self.opt("ft_steps"),
-                    self.opt("ft_lr"),
-                    self.device,
-                    self.dtype,
-                )
+        data = self.options.get("data_dir") or (demo_dataset_of(requests) if self.profile == "tiny" else None)
+        if data is None:
+            raise UserError(
+                "method 'llava' needs its fine-tuned LoRA: --option lora=DIR (from `pigeon-bench baselines "
+                "finetune-llava`) or --option data_dir=DATASET (fine-tunes on its train split, cached)"
             )
-        raise UserError(
-            "method 'llava' needs its fine-tuned LoRA: --option lora=DIR (from `pigeon-bench baselines "
-            "finetune-llava`) or --option data=DATASET (fine-tunes on its train split, cached)"
+        return str(
+            cached_finetune(
+                data,
+                self.profile,
+                self.options.get("llava"),
+                self.options.get("captioner"),
+                self.opt("ft_steps"),
+                self.opt("ft_lr"),
+                self.device,
+                self.dtype,
+            )
         )
 
     def base_ref(self) -> str:
@@ -186,6 +192,21 @@ class LlavaFinetuned(LlavaPretrained):
             if recorded and (Path(recorded).is_dir() or not Path(recorded).is_absolute()):
                 return recorded
         return super().base_ref()
+
+
+def demo_dataset_of(requests: list[GenerationRequest]) -> Path | None:
+    """The offline demo dataset (tiny profile) whose samples include the first request's, if any."""
+    if not requests:
+        return None
+    from pigeon_bench.data.demo import ensure_demo_datasets
+
+    s = requests[0].sample
+    for folder in ensure_demo_datasets().values():
+        df = Dataset(folder).samples_df
+        hit = df[df["sample_id"].astype(str) == s.sample_id]
+        if len(hit) and str(hit.iloc[0]["target_id"]) == s.target_id:
+            return Path(folder)
+    return None
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -285,26 +306,33 @@ def finetune_llava(
 
             model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype).to(dev)
             processor = AutoProcessor.from_pretrained(base_ref)
-        examples = _training_examples(ds, samples, cap, processor.image_token)
+        n_steps = steps or len(samples)
+        rng = random.Random(seed)
+        schedule: list[int] = []  # sample index per step: successive seeded shuffles of the train split
+        while len(schedule) < n_steps:
+            schedule += rng.sample(range(len(samples)), len(samples))
+        schedule = schedule[:n_steps]
+        used = sorted(set(schedule))  # only these are captioned
+        examples = dict(
+            zip(
+                used,
+                _training_examples(ds, [samples[i] for i in used], cap, processor.image_token),
+                strict=True,
+            )
+        )
         model.requires_grad_(False)
         model = get_peft_model(
             model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
         )
         params = [p for p in model.parameters() if p.requires_grad]
         optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        n_steps = steps or len(examples)
-        rng = random.Random(seed)
-        order: list[int] = []
         losses: list[float] = []
         torch.manual_seed(seed)
         model.train()
         with Progress(transient=True) as progress:
             task = progress.add_task("fine-tuning LLaVA (LoRA)", total=n_steps)
-            for _ in range(n_steps):
-                if not order:
-                    order = list(range(len(examples)))
-                    rng.shuffle(order)
-                images, prompt, target = examples[order.pop()]
+            for i in schedule:
+                images, prompt, target = examples[i]
                 loss = _example_loss(model, processor, images, prompt, target, dev, dtype)
                 optim.zero_grad()
                 loss.backward()

@@ -88,27 +88,26 @@ def test_finetune_llava_command_and_its_lora_in_llava(tiny_models, tiny_dataset,
 
 def test_llava_fine_tunes_from_data_option_once(tiny_models, tiny_dataset) -> None:  # noqa: F811
     gen = LlavaFinetuned(
-        profile="tiny", data=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
+        profile="tiny", data_dir=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
     )
-    lora = gen.lora()
+    lora = gen.lora([])
     assert (Path(lora) / "adapter_config.json").is_file()
     stamp = (Path(lora) / "adapter_model.safetensors").stat().st_mtime_ns
-    assert (
-        LlavaFinetuned(
-            profile="tiny", data=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
-        ).lora()
-        == lora
+    again = LlavaFinetuned(
+        profile="tiny", data_dir=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
     )
+    assert again.lora([]) == lora
     assert (Path(lora) / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_llava_bad_input_is_a_user_error(tiny_models, tiny_dataset, tmp_path) -> None:  # noqa: F811
+    requests = test_requests(tiny_dataset)[:1]
     with pytest.raises(UserError, match="needs its fine-tuned LoRA"):
-        LlavaFinetuned(profile="tiny").load()
+        LlavaFinetuned(profile="paper").generate(requests)
     with pytest.raises(UserError, match="not a LoRA folder"):
-        LlavaFinetuned(profile="tiny", lora=str(tmp_path)).load()
+        LlavaFinetuned(profile="tiny", lora=str(tmp_path)).generate(requests)
     with pytest.raises(UserError, match="model folder not found"):
-        LlavaPretrained(profile="tiny", llava=str(tmp_path / "missing")).load()
+        LlavaPretrained(profile="tiny", llava=str(tmp_path / "missing")).generate(requests)
     with pytest.raises(UserError, match="expected a LLaVA or BLIP-2 model"):
         models.load_lmm(str(tiny_models["llama"]), torch.device("cpu"), torch.float32)
     runner = CliRunner()

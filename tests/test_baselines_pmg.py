@@ -1,0 +1,66 @@
+"""PMG (captions -> LLM preference keywords -> Stable Diffusion 1.5) in the tiny profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_baselines_tiny import assert_images, pixels, test_requests, tiny_dataset, tiny_models  # noqa: F401
+
+from baselines import models
+from baselines.captioner import Captioner
+from baselines.pmg import PMG, preference_prompt
+from pigeon_bench.errors import UserError
+
+
+def make(tiny_models: dict[str, Path], **options) -> PMG:  # noqa: F811
+    folders = {"sd": tiny_models["sd"], "llm": tiny_models["llama"], "captioner": tiny_models["blip2"]}
+    return PMG(profile="tiny", **{**{k: str(v) for k, v in folders.items()}, **options})
+
+
+def test_pmg_prompt_is_caption_plus_the_llms_keywords(tiny_models, tiny_dataset) -> None:  # noqa: F811
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    requests = test_requests(tiny_dataset)[:2]
+    results = make(tiny_models).generate(requests)
+    assert_images(results, 2, 64)
+    cap = Captioner(
+        str(tiny_models["blip2"]), torch.device("cpu"), torch.float32, max_new_tokens=8, min_new_tokens=3
+    )
+    llm = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    banned = [[i] for i in tok.all_special_ids if i != tok.eos_token_id]
+    for req, res in zip(requests, results, strict=True):
+        history = cap.caption(req.history_images)
+        assert res.metadata["history_captions"] == history
+        batch = tok([preference_prompt(history)], return_tensors="pt")
+        out = llm.generate(**batch, max_new_tokens=8, min_new_tokens=3, do_sample=False, bad_words_ids=banned)
+        keywords = models.clean_text(
+            tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+        reference = cap.caption([req.reference_image])[0]
+        assert res.metadata["keywords"] == keywords != ""
+        assert res.metadata["prompt"] == f"{reference}, {keywords}"
+    again = make(tiny_models).generate(requests)
+    assert all((pixels(a.image) == pixels(b.image)).all() for a, b in zip(results, again, strict=True))
+
+
+def test_pmg_default_tiny_profile_and_semantics(tiny_dataset) -> None:  # noqa: F811
+    requests = test_requests(tiny_dataset)[:1]
+    gen = PMG(profile="tiny", reference_text="semantics")  # tiny folders materialised in the cache
+    result = gen.generate(requests)[0]
+    assert result.image.size == (64, 64)
+    assert result.metadata["history_captions"] == requests[0].history_texts
+    assert result.metadata["prompt"].startswith(requests[0].reference_text + ", ")
+    described = gen.describe()
+    assert described["soft_embeddings"] is False and Path(described["sd"]).is_dir()
+
+
+def test_pmg_bad_input_is_a_user_error(tiny_models, tiny_dataset, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(UserError, match="model folder not found"):
+        make(tiny_models, llm=str(tmp_path / "missing")).load()
+    with pytest.raises(UserError, match="reference_text"):
+        make(tiny_models, reference_text="title").generate(test_requests(tiny_dataset)[:1])
+    with pytest.raises(UserError, match="unknown profile"):
+        PMG(profile="huge").load()

@@ -1,0 +1,134 @@
+"""Pigeon's modules on a tiny random backbone: keep counts, dual-phase masks, gradients, prompt layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pigeon.mask import keep_count, masks_high_scores, topk_keep
+from pigeon.model import Example, PigeonConfig, PigeonModel
+from pigeon.prompt import INSTRUCTION, prompt_layout
+from pigeon.tiny import TinyBackbone, TinyConfig
+
+SMALL = TinyConfig(image_size=32, grid=4, codebook_size=32, code_dim=16, feature_dim=16, hidden_size=32,
+                   layers=1, heads=2, intermediate_size=64, max_positions=512)
+
+
+def small_backbone(seed: int = 0) -> TinyBackbone:
+    bb = TinyBackbone.new(SMALL, [INSTRUCTION, "a red circle", "a blue square"], seed=seed)
+    bb.requires_grad_(False)
+    return bb.eval()
+
+
+def examples(n: int = 2, seed: int = 0) -> list[Example]:
+    g = torch.Generator().manual_seed(seed)
+    codes = lambda: torch.randint(0, SMALL.codebook_size, (16,), generator=g)  # noqa: E731
+    return [Example(history=[codes() for _ in range(5)], reference=codes(), caption="a red circle",
+                    target=codes()) for _ in range(n)]
+
+
+@pytest.mark.parametrize(("n", "ratio", "want"), [
+    (64, 0.2, 51), (64, 0.0, 64), (64, 1.0, 1), (10, 0.5, 5), (3, 0.9, 1), (256, 0.3, 179), (7, 0.7, 2),
+])
+def test_keep_count(n: int, ratio: float, want: int) -> None:
+    assert keep_count(n, ratio) == want
+
+
+def test_topk_keep_values_and_direction() -> None:
+    s = torch.tensor([0.9, -0.5, 0.1, 0.7, -0.2])
+    hi = topk_keep(s, 0.6, keep_high=True)
+    lo = topk_keep(s, 0.6, keep_high=False)
+    assert hi.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]  # keep 2 of 5: the highest scores
+    assert lo.tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]  # the lowest
+    assert topk_keep(s, 0.6, gumbel=True).sum().item() == pytest.approx(2.0)
+
+
+def test_dual_phase_direction() -> None:
+    assert masks_high_scores("dual", training=True) and not masks_high_scores("dual", training=False)
+    assert not masks_high_scores("low", True) and not masks_high_scores("low", False)
+    assert masks_high_scores("high", True) and masks_high_scores("high", False)
+    with pytest.raises(ValueError):
+        masks_high_scores("sideways", True)
+
+
+def test_reference_mask_keeps_high_scores_at_inference_and_drops_them_in_training() -> None:
+    torch.manual_seed(0)
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, gumbel=False)).eval()
+    exs = examples(1)
+    bb = model.backbone
+    with torch.no_grad():
+        scores = model.mask_generator.scores([[bb.embed_visual(c) for c in exs[0].history]],
+                                             [bb.embed_visual(exs[0].reference)])[0][-1]
+        _, inf = model.masks(exs, [0.75], training=False)
+        _, tr = model.masks(exs, [0.75], training=True)
+    order = scores.argsort(descending=True)
+    assert int(inf[0].sum()) == int(tr[0].sum()) == keep_count(16, 0.75) == 4
+    assert set(inf[0].nonzero().flatten().tolist()) == set(order[:4].tolist())
+    assert set(tr[0].nonzero().flatten().tolist()) == set(order[-4:].tolist())  # training drops high scores
+
+
+def test_history_mask_keeps_top_share_per_image_and_gradients_reach_the_generator() -> None:
+    torch.manual_seed(0)
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, alpha_h=0.25))
+    params = model.set_trainable("sft")
+    model.train()
+    exs = examples(2)
+    h, _ = model.masks(exs, [0.5, 0.5], training=True)
+    assert all(int(m.detach().round().sum()) == keep_count(16, 0.25) == 12 for per in h for m in per)
+    loss = model.sft_loss(exs, [0.3, 0.8])
+    loss.backward()
+    gen_grad = sum(p.grad.abs().sum() for p in model.mask_generator.parameters() if p.grad is not None)
+    assert gen_grad > 0  # straight-through: the hard top-k mask passes gradients to the generator
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
+    assert all(p.requires_grad for p in params)
+    assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if "lora_" not in n)
+
+
+def test_no_history_mask_cuts_the_generator_out_of_the_loss() -> None:
+    torch.manual_seed(0)
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, history_mask=False))
+    model.set_trainable("sft")
+    model.sft_loss(examples(2), [0.5, 0.5]).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.mask_generator.parameters())
+
+
+def test_prompt_layout() -> None:
+    full = prompt_layout(5)
+    assert full[0] == ("special", "bos") and full[1] == ("text", INSTRUCTION)
+    assert full[-1] == ("special", "boi")
+    embeds = [v for k, v in full if k == "embeds"]
+    assert embeds == ["h0", "h1", "h2", "h3", "h4", "r_t", "r_v"]
+    for i in range(5):  # each history image is wrapped in boi ... eoi
+        j = full.index(("embeds", f"h{i}"))
+        assert full[j - 1] == ("special", "boi") and full[j + 1] == ("special", "eoi")
+    assert [v for k, v in prompt_layout(5, textual_tokens=False) if k == "embeds"][-1:] == ["r_v"]
+    assert "r_v" not in [v for _, v in prompt_layout(5, visual_feature=False)]
+    raw = [v for k, v in prompt_layout(5, encoding=False) if k == "embeds"]
+    assert raw[-1] == "ref" and "r_t" not in raw and "r_v" not in raw
+    assert INSTRUCTION.startswith("Instruction: You are a helpful personalized assistant.")
+    assert INSTRUCTION.endswith("the semantics in a specified reference image.")
+
+
+def test_prompt_embeddings_follow_the_layout() -> None:
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16)).eval()
+    exs = examples(1)
+    with torch.no_grad():
+        p = model.prompt_embeds(exs, [0.5], training=False)[0]
+    bb = model.backbone
+    n_text = sum(len(bb.tokenize_text([v])[0]) for k, v in prompt_layout(5) if k == "text")
+    n_special = sum(1 for k, _ in prompt_layout(5) if k == "special")
+    n_rt = len(bb.tokenize_text(["a red circle"])[0])
+    assert p.shape == (n_text + n_special + 5 * 16 + n_rt + 1, SMALL.hidden_size)
+    assert torch.equal(p[0], bb.embed_tokens(torch.tensor(bb.special_ids["bos"])))
+    assert torch.equal(p[-1], bb.embed_tokens(torch.tensor(bb.special_ids["boi"])))
+
+
+def test_generation_is_seeded_and_visual_only() -> None:
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16))
+    exs = examples(2)
+    a = model.generate(exs, [0.2, 0.9], [1, 2])
+    b = model.generate(exs, [0.2, 0.9], [1, 2])
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(x.shape == (16,) and int(x.min()) >= 0 and int(x.max()) < SMALL.codebook_size for x in a)
+    images = model.backbone.render(a, [1, 2])
+    assert [im.size for im in images] == [(32, 32), (32, 32)]

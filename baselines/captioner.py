@@ -41,7 +41,7 @@ class Captioner:
         dtype: torch.dtype,
         max_new_tokens: int = 30,
         min_new_tokens: int = 1,
-        batch_size: int = 16,
+        batch_size: int = 1,
         cache_root: str | Path | None = None,
     ):
         self.ref = ref

@@ -61,8 +61,8 @@ class LlavaPretrained(models.BaselineGenerator):
         "max_new_tokens",
     )
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(steps=3, size=64, guidance=5.0, batch_size=32, max_new_tokens=12, min_new_tokens=4),
-        "paper": dict(steps=50, size=1024, guidance=5.0, batch_size=4, max_new_tokens=77, min_new_tokens=1),
+        "tiny": dict(steps=3, size=64, guidance=5.0, batch_size=1, max_new_tokens=12, min_new_tokens=4),
+        "paper": dict(steps=50, size=1024, guidance=5.0, batch_size=1, max_new_tokens=77, min_new_tokens=1),
     }
 
     def __init__(self, *args: Any, **kwargs: Any):

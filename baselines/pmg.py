@@ -49,8 +49,8 @@ class PMG(models.BaselineGenerator):
         "max_new_tokens",
     )
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(steps=3, size=64, guidance=7.5, batch_size=32, max_new_tokens=8, min_new_tokens=3),
-        "paper": dict(steps=50, size=512, guidance=7.5, batch_size=8, max_new_tokens=24, min_new_tokens=1),
+        "tiny": dict(steps=3, size=64, guidance=7.5, batch_size=1, max_new_tokens=8, min_new_tokens=3),
+        "paper": dict(steps=50, size=512, guidance=7.5, batch_size=1, max_new_tokens=24, min_new_tokens=1),
     }
 
     def __init__(self, *args: Any, **kwargs: Any):

@@ -73,13 +73,13 @@ class TextualInversion(models.BaselineGenerator):
     )
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": dict(
-            steps=3, size=64, guidance=5.0, batch_size=32, ti_steps=4, ti_lr=5e-2, ti_init="style", ti_seed=0
+            steps=3, size=64, guidance=5.0, batch_size=1, ti_steps=4, ti_lr=5e-2, ti_init="style", ti_seed=0
         ),
         "paper": dict(
             steps=50,
             size=1024,
             guidance=5.0,
-            batch_size=4,
+            batch_size=1,
             ti_steps=500,
             ti_lr=5e-3,
             ti_init="style",

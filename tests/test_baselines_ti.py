@@ -31,6 +31,8 @@ def test_ti_images_prompts_and_determinism(tiny_models, tiny_dataset) -> None:  
         assert c and r.metadata["prompt"] == f"{c}, in the style of {PLACEHOLDER}"
     again = make(tiny_models).generate(requests)  # a fresh generator: inversion and sampling repeat exactly
     assert all((pixels(a.image) == pixels(b.image)).all() for a, b in zip(results, again, strict=True))
+    alone = make(tiny_models).generate(requests[2:])  # batch composition does not change an image (resume)
+    assert (pixels(alone[0].image) == pixels(results[2].image)).all()
     requests[0].seed += 1
     other = make(tiny_models).generate(requests[:1])
     assert (pixels(other[0].image) != pixels(results[0].image)).any()

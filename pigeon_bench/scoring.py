@@ -31,7 +31,7 @@ from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
 FID_RECOMMENDED_N = 2048
-_PIXEL_LRU = 64  # resized images kept for MS-SSIM (history images repeat across samples)
+_MSSSIM_LRU = 32  # images whose MS-SSIM terms stay in memory (about 12 MB each at 512 px)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Scorer:
         self.progress = progress
         self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
         self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
-        self._pixels: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
 
     # ------------------------------------------------------------ features
 
@@ -126,15 +126,16 @@ class Scorer:
         self._ensure(self.backbones["clip"], unique)
         return self._stack(self.backbones["clip"], digests, "emb")
 
-    def _pixels_of(self, digest: str, src: ImageSource) -> torch.Tensor:
-        hit = self._pixels.get(digest)
+    def _msssim_stats(self, digest: str, src: ImageSource) -> Fn.MsssimStats:
+        """An image's own MS-SSIM terms, kept in a small LRU (history images recur across samples)."""
+        hit = self._msssim.get(digest)
         if hit is None:
-            hit = pixels([self.resize.apply(load_image(src))])[0]
-            self._pixels[digest] = hit
-            while len(self._pixels) > _PIXEL_LRU:
-                self._pixels.popitem(last=False)
+            hit = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
+            self._msssim[digest] = hit
+            while len(self._msssim) > _MSSSIM_LRU:
+                self._msssim.popitem(last=False)
         else:
-            self._pixels.move_to_end(digest)
+            self._msssim.move_to_end(digest)
         return hit
 
     # ------------------------------------------------------------ scoring
@@ -183,9 +184,8 @@ class Scorer:
             names = b["lpips-vgg"].outputs
             lp[i] = Fn.lpips_from_maps([gm[x][None] for x in names],
                                        [torch.stack([m[x] for m in hm]) for x in names]).mean().item()
-            gp = self._pixels_of(gen_d[i], gen_u[gen_d[i]])
-            hp = torch.stack([self._pixels_of(d, hist_u[d]) for d in hd])
-            ms[i] = Fn.ms_ssim_255(gp[None].expand_as(hp), hp).mean().item()
+            hs = Fn.stack_msssim_stats([self._msssim_stats(d, hist_u[d]) for d in hd])
+            ms[i] = Fn.ms_ssim_from_stats(self._msssim_stats(gen_d[i], gen_u[gen_d[i]]), hs).mean().item()
         cols["p_lpips"], cols["p_msssim"] = lp, ms
 
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})

@@ -94,14 +94,17 @@ def test_lpips_from_cached_maps_matches_lpips_forward():
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
 
-def test_msssim_wrapper_is_pytorch_msssim():
+def test_msssim_from_per_image_terms_matches_pytorch_msssim():
     from pytorch_msssim import ms_ssim
 
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.integers(0, 256, (2, 3, 176, 176))).float()
-    y = (x * 0.7 + 30).round()
-    expected = ms_ssim(x, y, data_range=255, size_average=False)
-    torch.testing.assert_close(Fn.ms_ssim_255(x.to(torch.uint8), y.to(torch.uint8)), expected)
+    gen = torch.from_numpy(rng.integers(0, 256, (1, 3, 176, 190))).float()  # odd pooling paddings too
+    hist = (gen * 0.6 + torch.from_numpy(rng.integers(0, 100, (3, 3, 176, 190)))).round()
+    expected = ms_ssim(gen.expand_as(hist), hist, data_range=255, size_average=False)
+    stacked = Fn.stack_msssim_stats([Fn.msssim_stats(h[None]) for h in hist])
+    got = Fn.ms_ssim_from_stats(Fn.msssim_stats(gen), stacked)
+    assert expected.min() > 0.05
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_cosine_100_is_not_clamped():

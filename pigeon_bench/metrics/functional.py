@@ -29,11 +29,61 @@ def lpips_from_maps(maps_a: list[torch.Tensor], maps_b: list[torch.Tensor]) -> t
     return total
 
 
-def ms_ssim_255(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pair MS-SSIM of (n, 3, H, W) 0-255 tensors (pytorch_msssim, data_range=255, defaults otherwise)."""
-    from pytorch_msssim import ms_ssim
+# pytorch_msssim.ms_ssim's defaults: 11-tap Gaussian (sigma 1.5), K = (0.01, 0.03), five level weights
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
-    return ms_ssim(x.float(), y.float(), data_range=255, size_average=False)
+MsssimStats = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _msssim_window(channels: int) -> torch.Tensor:
+    from pytorch_msssim.ssim import _fspecial_gauss_1d
+
+    return _fspecial_gauss_1d(11, 1.5).repeat(channels, 1, 1, 1)
+
+
+def msssim_stats(x: torch.Tensor) -> MsssimStats:
+    """Per-image MS-SSIM terms of (n, C, H, W) 0-255 images, per level: (image, mu, sigma^2).
+
+    These are the parts of pytorch_msssim's computation that depend on one image only, computed with its own
+    ``gaussian_filter``; ``ms_ssim_from_stats`` adds the pair term. Each image's terms are computed once
+    however many pairs it is in (a generated image has 5, a history image is shared across samples).
+    """
+    from pytorch_msssim.ssim import gaussian_filter
+
+    x = x.float()
+    win = _msssim_window(x.shape[1])
+    levels = []
+    for i in range(len(MSSSIM_WEIGHTS)):
+        mu = gaussian_filter(x, win)
+        levels.append((x, mu, gaussian_filter(x * x, win) - mu.pow(2)))
+        if i < len(MSSSIM_WEIGHTS) - 1:
+            x = F.avg_pool2d(x, kernel_size=2, padding=[s % 2 for s in x.shape[2:]])
+    return levels
+
+
+def stack_msssim_stats(stats: list[MsssimStats]) -> MsssimStats:
+    """Concatenate several images' MS-SSIM terms along the batch dimension."""
+    return [tuple(torch.cat(terms) for terms in zip(*lv, strict=True)) for lv in zip(*stats, strict=True)]
+
+
+def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
+    """pytorch_msssim.ms_ssim (data_range=255) of matching rows (broadcasting) from ``msssim_stats``."""
+    from pytorch_msssim.ssim import gaussian_filter
+
+    win = _msssim_window(a[0][0].shape[1])
+    mcs = []
+    for i, ((xa, mua, sa), (xb, mub, sb)) in enumerate(zip(a, b, strict=True)):
+        xa, xb = torch.broadcast_tensors(xa, xb)
+        mu12 = mua * mub
+        cs_map = (2 * (gaussian_filter(xa * xb, win) - mu12) + _C2) / (sa + sb + _C2)
+        if i < len(a) - 1:
+            mcs.append(torch.relu(torch.flatten(cs_map, 2).mean(-1)))
+        else:
+            ssim_map = ((2 * mu12 + _C1) / (mua.pow(2) + mub.pow(2) + _C1)) * cs_map
+            mcs.append(torch.relu(torch.flatten(ssim_map, 2).mean(-1)))
+    weights = torch.tensor(MSSSIM_WEIGHTS, dtype=mcs[0].dtype).view(-1, 1, 1)
+    return torch.prod(torch.stack(mcs) ** weights, dim=0).mean(1)
 
 
 def _weighted_fid_terms(g_aa: np.ndarray, g_bb: np.ndarray, g_ab: np.ndarray, c: np.ndarray) -> float:

@@ -1,0 +1,214 @@
+"""Scoring benchmark (not a test): this engine vs the official evaluation's pattern, same tiny backbones.
+
+Scores the demo world's test samples (both scenarios) twice in one process:
+  (a) pigeon_bench.scoring.Scorer: each unique image through each backbone once, features cached;
+  (b) a re-implementation of the official evaluation's pattern (YiyanXu/Pigeon Evaluation/): every metric
+      reloads its model from disk and re-encodes its images; generated images are repeated 5x for the history
+      metrics; CLIP and DINO features of dataset items are extracted once up front (as its all_*_feats.npy).
+then (a) again on the warm cache. Prints JSON: forwards per generated image, wall seconds, ratio.
+
+    python benchmarks/bench_scoring.py [--samples N] [--resize 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pigeon_bench import io
+from pigeon_bench.data.demo import ensure_demo_datasets
+from pigeon_bench.data.model import Dataset
+from pigeon_bench.metrics import backbones as B
+from pigeon_bench.metrics import functional as Fn
+from pigeon_bench.metrics.preprocess import ResizeSpec
+from pigeon_bench.scoring import SampleInputs, Scorer
+
+
+def demo_inputs(root: Path, limit: int | None) -> list[SampleInputs]:
+    """Test samples of both demo scenarios; the 'generated' image blends the reference and the target."""
+    out = []
+    for name, folder in sorted(ensure_demo_datasets(root / "demo").items()):
+        ds = Dataset(folder)
+        for s in ds.samples("test"):
+            ref, tgt = io.load_rgb(ds.image_path(s.reference_id)), io.load_rgb(ds.image_path(s.target_id))
+            hist0 = io.load_rgb(ds.image_path(s.history[0]))
+            gen = Image.blend(Image.blend(ref.resize((256, 256)), tgt.resize((256, 256)), 0.5),
+                              hist0.resize((256, 256)), 0.3)
+            path = root / "gen" / name / f"{s.sample_id}.png"
+            io.save_image(path, gen)
+            out.append(SampleInputs(
+                s.sample_id, path, [ds.image_path(h) for h in s.history],
+                [ds.item(h).semantics for h in s.history], ds.image_path(s.reference_id),
+                ds.item(s.reference_id).semantics))
+    return out[:limit] if limit else out
+
+
+class OfficialPattern:
+    """The official evaluation's access pattern on the tiny backbones, counting backbone forwards."""
+
+    def __init__(self, weights_dir: Path, resize: ResizeSpec, batch_size: int):
+        self.dir, self.resize, self.batch_size = weights_dir, resize, batch_size
+        self.forwards: Counter[str] = Counter()
+        clip, _, _ = B.tiny_clip(0)
+        torch.save(clip.state_dict(), weights_dir / "clip.bin")
+        dino, processor = B.tiny_dinov2(0)
+        dino.save_pretrained(weights_dir / "dino")
+        processor.save_pretrained(weights_dir / "dino")
+        torch.save(B.tiny_lpips_vgg(0).state_dict(), weights_dir / "lpips.pth")
+        torch.save(B.tiny_inception_state_dict(0), weights_dir / "inception.pth")
+
+    # every metric reloads its model, as the official eval_utils functions do
+    def _clip(self):
+        return B.load_open_clip(B.register_tiny_clip_config(), self.dir / "clip.bin")
+
+    def _dino(self):
+        return B.load_dinov2(self.dir / "dino")
+
+    def _lpips(self):
+        net = B.tiny_lpips_vgg(0)
+        net.load_state_dict(torch.load(self.dir / "lpips.pth", weights_only=True))
+        return net
+
+    def _inception(self):
+        model = B.tiny_inception(0)
+        model.load_state_dict(torch.load(self.dir / "inception.pth", weights_only=False))
+        return model
+
+    def _batches(self, xs):
+        for i in range(0, len(xs), self.batch_size):
+            yield xs[i:i + self.batch_size]
+
+    def _clip_images(self, model, preprocess, ims):
+        self.forwards["clip"] += len(ims)
+        return torch.cat([torch.nn.functional.normalize(
+            model.encode_image(torch.stack([preprocess(i) for i in b])), dim=-1) for b in self._batches(ims)])
+
+    def _clip_texts(self, model, tokenizer, texts):
+        self.forwards["clip-text"] += len(texts)
+        return torch.cat([torch.nn.functional.normalize(model.encode_text(tokenizer(b)), dim=-1)
+                          for b in self._batches(texts)])
+
+    def _dino_images(self, model, processor, ims):
+        self.forwards["dino"] += len(ims)
+        return torch.cat([torch.nn.functional.normalize(model(
+            pixel_values=processor(images=b, return_tensors="pt")["pixel_values"]).pooler_output, dim=-1)
+            for b in self._batches(ims)])
+
+    @torch.inference_mode()
+    def score(self, samples: list[SampleInputs]) -> dict[str, float]:
+        load = self.resize.apply
+        gen = [load(io.load_rgb(s.generated)) for s in samples]
+        ref = [load(io.load_rgb(s.reference)) for s in samples]
+        hist = [load(io.load_rgb(h)) for s in samples for h in s.history]
+        hist_texts = [t for s in samples for t in s.history_texts]
+        gen5 = [g for g in gen for _ in range(5)]
+        res: dict[str, float] = {}
+        # precomputed item features (all_clip_feats.npy / all_dino_feats.npy): one pass over the items used
+        model, preprocess, tokenizer = self._clip()
+        hist_clip = self._clip_images(model, preprocess, hist)
+        model, processor = self._dino()
+        ref_dino = self._dino_images(model, processor, ref)
+        hist_dino = self._dino_images(model, processor, hist)
+        # FID
+        inc = self._inception()
+        feats = []
+        for ims in (gen, ref):
+            self.forwards["fid-inception"] += len(ims)
+            feats.append(torch.cat([inc(B.pixels(b))[0] for b in self._batches(ims)]).double().numpy())
+        res["fid"] = Fn.frechet_distance(*feats)
+        # CLIP image score vs reference, CLIP score vs reference text: each reloads CLIP and re-encodes
+        model, preprocess, tokenizer = self._clip()
+        res["a_cis"] = Fn.cosine_100(self._clip_images(model, preprocess, gen),
+                                     self._clip_images(model, preprocess, ref)).mean().item()
+        model, preprocess, tokenizer = self._clip()
+        res["a_cs"] = Fn.cosine_100(self._clip_images(model, preprocess, gen),
+                                    self._clip_texts(model, tokenizer, [s.reference_text for s in samples])
+                                    ).mean().item()
+        model, processor = self._dino()
+        res["a_dis"] = Fn.cosine_100(self._dino_images(model, processor, gen), ref_dino).mean().item()
+        # history metrics: generated images repeated 5x
+        model, processor = self._dino()
+        res["p_dis"] = Fn.cosine_100(self._dino_images(model, processor, gen5), hist_dino).mean().item()
+        model, preprocess, tokenizer = self._clip()
+        res["p_cs"] = Fn.cosine_100(self._clip_images(model, preprocess, gen5),
+                                    self._clip_texts(model, tokenizer, hist_texts)).mean().item()
+        model, preprocess, tokenizer = self._clip()
+        res["p_cis"] = Fn.cosine_100(self._clip_images(model, preprocess, gen5), hist_clip).mean().item()
+        net = self._lpips()
+        scores = []
+        for g, h in zip(self._batches(gen5), self._batches(hist), strict=True):
+            self.forwards["lpips-vgg"] += 2 * len(g)
+            a, b = net(B.pixels(g).float() / 127.5 - 1), net(B.pixels(h).float() / 127.5 - 1)
+            scores.append(Fn.lpips_from_maps(a, b))
+        res["p_lpips"] = torch.cat(scores).mean().item()
+        from pytorch_msssim import ms_ssim
+
+        ms = [ms_ssim(B.pixels(g).float(), B.pixels(h).float(), data_range=255, size_average=False)
+              for g, h in zip(self._batches(gen5), self._batches(hist), strict=True)]
+        res["p_msssim"] = torch.cat(ms).mean().item()
+        return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=None, help="limit the number of samples")
+    parser.add_argument("--resize", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    resize = ResizeSpec(args.resize)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        samples = demo_inputs(root, args.samples)
+        n = len(samples)
+        B.build("tiny")  # build (and memoise) the tiny models outside both timings
+        official = OfficialPattern(root, resize, args.batch_size)
+
+        t0 = time.perf_counter()
+        scorer = Scorer(profile="tiny", resize=resize, batch_size=args.batch_size, cache_dir=root / "cache",
+                        progress=False)
+        df, fg, fr = scorer.score_samples(samples)
+        summary = scorer.summarize(df, fg, fr)
+        t_engine = time.perf_counter() - t0
+        cold = scorer.forward_counts()
+
+        t0 = time.perf_counter()
+        ref_means = official.score(samples)
+        t_official = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        warm = Scorer(profile="tiny", resize=resize, batch_size=args.batch_size, cache_dir=root / "cache",
+                      progress=False)
+        df2, _, _ = warm.score_samples(samples)
+        t_warm = time.perf_counter() - t0
+
+        unique = {"gen": len({s.generated for s in samples}), "ref": len({s.reference for s in samples}),
+                  "hist": len({h for s in samples for h in s.history})}
+        image_forwards = {k: v for k, v in cold.items() if k != "clip-text"}
+        official_images = {k: v for k, v in official.forwards.items() if k != "clip-text"}
+        agree = {m: [round(float(df[m].mean()), 4), round(ref_means[m], 4)] for m in ref_means if m != "fid"}
+        print(json.dumps({
+            "samples": n, "resize": resize.id, "unique_images": unique, "threads": torch.get_num_threads(),
+            "engine": {"forwards": cold, "forwards_per_generated_image": sum(image_forwards.values()) / n,
+                       "seconds": round(t_engine, 2)},
+            "official_pattern": {"forwards": dict(official.forwards),
+                                 "forwards_per_generated_image": sum(official_images.values()) / n,
+                                 "seconds": round(t_official, 2)},
+            "speedup": round(t_official / t_engine, 2),
+            "warm_engine": {"forwards": warm.forward_counts(), "seconds": round(t_warm, 2),
+                            "identical_scores": bool(df2.equals(df))},
+            "means_engine_vs_official": agree,
+            "fid_engine_vs_official": [summary["metrics"]["fid"]["mean"], ref_means["fid"]],
+        }, indent=2))
+        assert np.isfinite(df.drop(columns="sample_id").to_numpy()).all()
+
+
+if __name__ == "__main__":
+    main()

@@ -43,11 +43,14 @@ def resolve_folder(path_or_id: str | Path) -> Path:
     if path.exists() or not _HUB_ID.fullmatch(str(path_or_id)):
         raise UserError(f"LaVIT folder not found: {path_or_id}")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(str(path_or_id)))
     except Exception as exc:  # offline, unknown repo, network: all mean "weights absent here"
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        first = str(exc).splitlines()[0][:100] if str(exc) else ""
+        reason = ("not in the local hub cache and downloads are off"
+                  if isinstance(exc, LocalEntryNotFoundError) else f"{type(exc).__name__}: {first}")
         raise UserError(f"LaVIT weights {path_or_id} are not available here ({reason}); download "
                         f"{REPO_ID} (~26 GB) and pass its folder") from None
 

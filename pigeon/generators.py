@@ -32,6 +32,7 @@ class _BackboneGenerator(Generator):
     """Shared plumbing: backbone choice, dataset discovery, request tokenization."""
 
     group = "LMM-based"
+    accepted_options: ClassVar[tuple[str, ...]] = ("backbone", "backbone_path", "data_dir")
 
     def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
                  backbone: str | None = None, backbone_path: str | None = None, data_dir: str | None = None,
@@ -96,6 +97,8 @@ class _TunedGenerator(_BackboneGenerator):
 
     base_config: ClassVar[dict[str, Any]] = {}
     trainable: ClassVar[str] = "sft"
+    accepted_options = (*_BackboneGenerator.accepted_options, "checkpoint", "temperature", "top_k",
+                        "sft_steps")
 
     def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
                  checkpoint: str | None = None, temperature: float = 1.0, top_k: int = 50,

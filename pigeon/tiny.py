@@ -222,6 +222,9 @@ class TinyBackbone(Backbone):
             raise UserError(f"{path / 'tiny.json'}: bad config ({exc})") from None
         visual = TinyVisual(cfg)
         visual.load_state_dict(load_file(str(path / "visual.safetensors")))
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         lm = LlamaForCausalLM.from_pretrained(path / "language_model", dtype=dtype)
         bb = TinyBackbone(cfg, Tokenizer.from_file(str(path / "tokenizer.json")), lm, visual,
                           meta.get("fingerprint", ""))

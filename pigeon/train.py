@@ -281,9 +281,9 @@ def train_dpo(spec: DPOSpec, backbone: Backbone | None = None, reward: RewardFn 
                 prompts = model.prompt_embeds(batch, alpha, training=True)
             chosen = [torch.tensor(r["chosen"], dtype=torch.long) for r in rows]
             rejected = [torch.tensor(r["rejected"], dtype=torch.long) for r in rows]
-            pol, _ = model.target_logprobs(prompts + prompts, chosen + rejected)
-            with torch.no_grad(), swapped_lora(model, reference):
+            with torch.no_grad(), swapped_lora(model, reference):  # before the policy pass builds its graph
                 ref, _ = model.target_logprobs(prompts + prompts, chosen + rejected)
+            pol, _ = model.target_logprobs(prompts + prompts, chosen + rejected)
             n = len(rows)
             loss, margin = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], spec.beta)
             opt.zero_grad()

@@ -14,6 +14,15 @@ SMALL = TinyConfig(image_size=32, grid=4, codebook_size=32, code_dim=16, feature
                    layers=1, heads=2, intermediate_size=64, max_positions=512)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (and do not fight other processes for the cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small_backbone(seed: int = 0) -> TinyBackbone:
     bb = TinyBackbone.new(SMALL, [INSTRUCTION, "a red circle", "a blue square"], seed=seed)
     bb.requires_grad_(False)

@@ -18,7 +18,8 @@ class Registry(Generic[T]):
     ``builtin_modules`` are imported lazily so that their ``@register`` decorators run.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, builtin_modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 builtin_modules: tuple[str, ...] = ()):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self.builtin_modules = builtin_modules

@@ -88,7 +88,7 @@ class Scorer:
                 chunk = todo[start:start + self.batch_size]
                 feats = backbone.encode([self.resize.apply(load_image(images[d])) for d in chunk])
                 for i, d in enumerate(chunk):
-                    self.store.put(ns, d, {k: v[i] for k, v in feats.items()})
+                    self.store.put(ns, d, {k: v[i].clone() for k, v in feats.items()})  # own memory
                 advance(len(chunk))
 
     def _stack(self, backbone: Backbone, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -184,8 +184,8 @@ class Scorer:
             names = b["lpips-vgg"].outputs
             lp[i] = Fn.lpips_from_maps([gm[x][None] for x in names],
                                        [torch.stack([m[x] for m in hm]) for x in names]).mean().item()
-            hs = Fn.stack_msssim_stats([self._msssim_stats(d, hist_u[d]) for d in hd])
-            ms[i] = Fn.ms_ssim_from_stats(self._msssim_stats(gen_d[i], gen_u[gen_d[i]]), hs).mean().item()
+            gs = self._msssim_stats(gen_d[i], gen_u[gen_d[i]])
+            ms[i] = np.mean([Fn.ms_ssim_from_stats(gs, self._msssim_stats(d, hist_u[d])).item() for d in hd])
         cols["p_lpips"], cols["p_msssim"] = lp, ms
 
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})

@@ -156,3 +156,18 @@ def test_tiny_profile_is_seeded_and_not_degenerate():
     assert feats.abs().mean() > 1e-2  # a default-initialised Inception gives ~1e-7 here
     with pytest.raises(UserError, match="unknown profile"):
         B.build("huge")
+
+
+def test_prefetch_without_network_fails_in_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from typer.testing import CliRunner
+
+    from pigeon_bench.cli import app
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(W.env_var("clip"), raising=False)
+    res = CliRunner().invoke(app, ["models", "prefetch"])
+    assert res.exit_code == 2 and "prefetch of clip failed" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -62,11 +62,6 @@ def msssim_stats(x: torch.Tensor) -> MsssimStats:
     return levels
 
 
-def stack_msssim_stats(stats: list[MsssimStats]) -> MsssimStats:
-    """Concatenate several images' MS-SSIM terms along the batch dimension."""
-    return [tuple(torch.cat(terms) for terms in zip(*lv, strict=True)) for lv in zip(*stats, strict=True)]
-
-
 def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
     """pytorch_msssim.ms_ssim (data_range=255) of matching rows (broadcasting) from ``msssim_stats``."""
     from pytorch_msssim.ssim import gaussian_filter

@@ -11,8 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from pigeon.backbone import backbones
-from pigeon.lavit import LaVITBackbone, build_lavit, write_tiny_lavit_folder
-from pigeon.lavit.config import DECODER_FILE, EVA_FILE, LM_DIR, PIXEL_DIR, TINY, TOKENIZER_FILE
+from pigeon.lavit import LaVITBackbone, build_lavit, ensure_tiny_lavit_folder, write_tiny_lavit_folder
+from pigeon.lavit.config import CONFIG_FILE, DECODER_FILE, EVA_FILE, LM_DIR, PIXEL_DIR, TINY, TOKENIZER_FILE
 from pigeon_bench.data import Dataset
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
@@ -79,14 +79,14 @@ def test_vocabulary_layout_follows_lavit(lavit):
 
 def test_image_to_tokens_to_features_to_image(lavit):
     images = _images()
-    codes = lavit.tokenize_images(images)
+    codes = lavit.tokenize_images(images, batch_size=3)
     assert len(codes) == 3
     for c in codes:
         assert c.dtype == torch.long and 1 <= len(c) <= TINY.num_patches
         assert int(c.min()) >= 0 and int(c.max()) < TINY.codebook_size
     assert len({tuple(c.tolist()) for c in codes}) == 3  # image-dependent codes
     alone = lavit.tokenize_images(images[1:2])[0]
-    assert torch.equal(alone, codes[1])  # same tokens in any batch
+    assert torch.equal(alone, codes[1])  # the selector's noise is the image's own, not its batch slot
 
     features = lavit.decode_tokens(codes)
     assert features.shape == (3, lavit.feature_length, lavit.feature_dim) == (3, 16, 40)
@@ -129,8 +129,15 @@ def test_language_model_reads_a_hybrid_sequence_and_takes_lora(lavit):
     assert any("q_proj" in n for n in trainable) and any("o_proj" in n for n in trainable)
 
 
-def test_registered_as_the_lavit_backbone():
+def test_lavit_factory_builds_the_cached_tiny_folder_once_and_takes_overrides():
     assert backbones.get("lavit") is build_lavit
+    bb = build_lavit(path="tiny", dtype=torch.float32, output_size=16)
+    root = ensure_tiny_lavit_folder()
+    assert bb.root == root and bb.image_size == 16
+    stamp = (root / CONFIG_FILE).stat().st_mtime_ns
+    assert ensure_tiny_lavit_folder() == root and (root / CONFIG_FILE).stat().st_mtime_ns == stamp
+    out = bb.render(bb.tokenize_images(_images()[:1]), seeds=[0])
+    assert out[0].size == (16, 16)
 
 
 def test_incomplete_folder_is_a_one_line_user_error(folder, tmp_path):

@@ -140,7 +140,10 @@ class LaVITBackbone(Backbone):
         return ((batch - mean) / std).to(self.device, self.dtype)
 
     @torch.no_grad()
-    def tokenize_images(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[torch.Tensor]:
+    def tokenize_images(self, images: Sequence[Image.Image], batch_size: int = 1) -> list[torch.Tensor]:
+        """One image per forward by default: batched kernels may round differently, and a flipped keep
+        decision or codebook argmin would make an image's tokens depend on its batch (EVA-g on one 224 px
+        image is cheap next to the LM and the UNet)."""
         out: list[torch.Tensor] = []
         for start in range(0, len(images), batch_size):
             out += self.visual_tokenizer(self.preprocess(images[start:start + batch_size]))
@@ -153,8 +156,10 @@ class LaVITBackbone(Backbone):
 
     # 4. tokenizer decoder ----------------------------------------------------------------------------------
     def _decode(self, codes: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        vectors = [self.visual_tokenizer.code_vectors(c.to(self.device)) for c in codes]
-        return self.tokenizer_decoder(vectors)
+        """One image at a time (no padding), so an image's features never depend on its batch."""
+        vt = self.visual_tokenizer
+        parts = [self.tokenizer_decoder([vt.code_vectors(c.to(self.device))]) for c in codes]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.no_grad()
     def decode_tokens(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -170,14 +175,19 @@ class LaVITBackbone(Backbone):
     @torch.no_grad()
     def decode_pixels(self, features: torch.Tensor, seeds: Sequence[int],
                       pooled: torch.Tensor | None = None) -> list[Image.Image]:
-        """Context features -> images. Without ``pooled`` it is recovered from the context (see
-        ``HighresTokenizerDecoder.pooled_from_context``); ``render`` passes the decoder's own."""
+        """Context features -> images, one image at a time (an image never depends on its batch). Without
+        ``pooled`` it is recovered from the context (``HighresTokenizerDecoder.pooled_from_context``);
+        ``render`` passes the decoder's own."""
+        if len(seeds) != features.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {features.shape[0]} images")
         features = features.to(self.device, self.dtype)
         if pooled is None:
             pooled = self.tokenizer_decoder.pooled_from_context(features)
+        pooled = pooled.to(self.device, self.dtype)
         c = self.config
-        return self.pixel_decoder(features, pooled.to(self.device, self.dtype), seeds, c.output_size,
-                                  c.num_inference_steps, c.guidance_scale, c.show_progress)
+        return [im for i, seed in enumerate(seeds)
+                for im in self.pixel_decoder(features[i:i + 1], pooled[i:i + 1], [seed], c.output_size,
+                                             c.num_inference_steps, c.guidance_scale, c.show_progress)]
 
     def render(self, codes: Sequence[torch.Tensor], seeds: Sequence[int]) -> list[Image.Image]:
         context, pooled = self.decode_tokens_pooled(codes)

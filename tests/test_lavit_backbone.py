@@ -131,7 +131,9 @@ def test_language_model_reads_a_hybrid_sequence_and_takes_lora(lavit):
 
 def test_lavit_factory_builds_the_cached_tiny_folder_once_and_takes_overrides():
     assert backbones.get("lavit") is build_lavit
+    rng = torch.random.get_rng_state()
     bb = build_lavit(path="tiny", dtype=torch.float32, output_size=16)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # writing + loading leave the caller's RNG alone
     root = ensure_tiny_lavit_folder()
     assert bb.root == root and bb.image_size == 16
     stamp = (root / CONFIG_FILE).stat().st_mtime_ns

@@ -125,6 +125,22 @@ def _write_pixel_decoder(folder: Path, config: LaVITConfig) -> None:
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
 
 
+def _write_parts(tmp: Path, config: LaVITConfig, gen: torch.Generator) -> None:
+    tokenizer = DynamicVisualTokenizer(config)
+    decoder = HighresTokenizerDecoder(config)
+    _randomise_zero_params(tokenizer, gen)
+    _randomise_zero_params(decoder, gen)
+    _save_bf16(tokenizer.encoder.state_dict(), tmp / EVA_FILE)
+    _save_bf16({k: v for k, v in tokenizer.state_dict().items() if not k.startswith("encoder.")},
+               tmp / TOKENIZER_FILE)
+    _save_bf16(decoder.state_dict(), tmp / DECODER_FILE)
+    lm = tmp / LM_DIR
+    lm.mkdir(parents=True)
+    text_vocab = _write_text_tokenizer(lm)
+    _write_language_model(lm, text_vocab + 2 + config.codebook_size)
+    _write_pixel_decoder(tmp / PIXEL_DIR, config)
+
+
 def write_tiny_lavit_folder(root: str | Path, config: LaVITConfig = TINY, seed: int = 0) -> Path:
     """Write the folder atomically (built beside ``root``, then renamed into place); returns ``root``."""
     root = Path(root)
@@ -133,21 +149,9 @@ def write_tiny_lavit_folder(root: str | Path, config: LaVITConfig = TINY, seed: 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        tokenizer = DynamicVisualTokenizer(config)
-        decoder = HighresTokenizerDecoder(config)
-        _randomise_zero_params(tokenizer, gen)
-        _randomise_zero_params(decoder, gen)
-        _save_bf16(tokenizer.encoder.state_dict(), tmp / EVA_FILE)
-        _save_bf16({k: v for k, v in tokenizer.state_dict().items() if not k.startswith("encoder.")},
-                   tmp / TOKENIZER_FILE)
-        _save_bf16(decoder.state_dict(), tmp / DECODER_FILE)
-        lm = tmp / LM_DIR
-        lm.mkdir(parents=True)
-        text_vocab = _write_text_tokenizer(lm)
-        _write_language_model(lm, text_vocab + 2 + config.codebook_size)
-        _write_pixel_decoder(tmp / PIXEL_DIR, config)
+        with torch.random.fork_rng(devices=[]):  # seeded module inits without touching the caller's RNG
+            torch.manual_seed(seed)
+            _write_parts(tmp, config, torch.Generator().manual_seed(seed))
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
         os.replace(tmp, root)
     finally:

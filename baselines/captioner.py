@@ -43,8 +43,11 @@ class Captioner:
         min_new_tokens: int = 1,
         batch_size: int = 1,
         cache_root: str | Path | None = None,
+        shared: bool = False,
     ):
         self.ref = ref
+        self.shared = shared
+        self.loaded = None
         self.device = device
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
@@ -71,7 +74,9 @@ class Captioner:
         return [self._path(d).read_text(encoding="utf-8") for d in digests]
 
     def _run(self, images: list[Image.Image]) -> list[str]:
-        model, processor = models.load_lmm(self.ref, self.device, self.dtype)
+        if self.loaded is None:
+            self.loaded = models.load_lmm(self.ref, self.device, self.dtype, shared=self.shared)
+        model, processor = self.loaded
         is_llava = model.config.model_type == "llava"
         text = [LLAVA_CAPTION_PROMPT if is_llava else ""] * len(images)
         batch = processor(images=images, text=text, return_tensors="pt", padding=True)
@@ -81,16 +86,16 @@ class Captioner:
         )
 
 
-def captioner_for(generator: models.BaselineGenerator) -> Captioner:
-    """The captioner a method uses: option ``captioner`` (hub id or folder), else (tiny) BLIP-2."""
-    ref = models.resolve(generator.options.get("captioner"), models.BLIP2, "blip2", generator.profile)
-    tiny_profile = generator.profile == "tiny"
+def make_captioner(ref: str | None, profile: str, device: torch.device, dtype: torch.dtype) -> Captioner:
+    """A profile's captioner: ``ref`` (hub id or folder), else BLIP-2 (tiny profile: the tiny BLIP-2)."""
+    tiny_profile = profile == "tiny"
     return Captioner(
-        ref,
-        generator.device,
-        generator.dtype,
+        models.resolve(ref, models.BLIP2, "blip2", profile),
+        device,
+        dtype,
         max_new_tokens=8 if tiny_profile else 30,
         min_new_tokens=3 if tiny_profile else 1,
+        shared=tiny_profile,
     )
 
 
@@ -101,4 +106,4 @@ def reference_texts(generator: models.BaselineGenerator, requests: list) -> list
         return [r.reference_text for r in requests]
     if source != "caption":
         raise UserError(f"option reference_text={source!r}: expected caption or semantics")
-    return captioner_for(generator).caption([r.reference_image for r in requests])
+    return generator.captioner().caption([r.reference_image for r in requests])

@@ -83,14 +83,18 @@ class LlavaPretrained(models.BaselineGenerator):
         if self.pipe is None:
             self.sdxl_ref = models.resolve(self.options.get("sdxl"), models.SDXL, "sdxl", self.profile)
             with models.compute_threads(self.profile, self.device):
-                self.pipe = models.load_pipeline("sdxl", self.sdxl_ref, self.device, self.dtype)
+                self.pipe = models.load_pipeline(
+                    "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile == "tiny"
+                )
 
     def load_llava(self, requests: list[GenerationRequest]) -> None:
         if self.model is None:
             self.lora_dir = self.lora(requests)
             self.ref = self.base_ref()
             with models.compute_threads(self.profile, self.device):
-                self.model, self.processor = models.load_lmm(self.ref, self.device, self.dtype, self.lora_dir)
+                self.model, self.processor = models.load_lmm(
+                    self.ref, self.device, self.dtype, self.lora_dir, shared=self.profile == "tiny"
+                )
 
     def write_prompts(self, requests: list[GenerationRequest], captions: list[str]) -> list[str]:
         """LLaVA's generated text for each request (greedy, batched, left-padded)."""
@@ -291,16 +295,9 @@ def finetune_llava(
         raise UserError(f"{ds.root}: no samples in split 'train' to fine-tune on")
     dev = torch.device(device)
     base_ref = models.resolve(base, models.LLAVA, "llava", profile)
-    cap_ref = models.resolve(captioner_ref, models.BLIP2, "blip2", profile)
     with models.compute_threads(profile, dev), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
-        cap = captioner.Captioner(
-            cap_ref,
-            dev,
-            dtype,
-            max_new_tokens=8 if profile == "tiny" else 30,
-            min_new_tokens=3 if profile == "tiny" else 1,
-        )
+        cap = captioner.make_captioner(captioner_ref, profile, dev, dtype)
         with models.quiet_loading():
             from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -349,7 +346,7 @@ def finetune_llava(
             "alpha": alpha,
             "seed": seed,
             "n_train": len(examples),
-            "captioner": cap_ref,
+            "captioner": cap.ref,
             "target_modules": LORA_TARGETS,
             "losses": losses,
         }

@@ -10,7 +10,6 @@ import hashlib
 import json
 import unicodedata
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -31,24 +30,20 @@ LLAVA = "llava-hf/llava-1.5-7b-hf"
 BLIP2 = "Salesforce/blip2-opt-2.7b"
 PMG_LLM = "meta-llama/Llama-2-7b-hf"
 
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
-CACHE_SIZE = 4  # loaded models kept per process (the tiny ones cost nothing; full-size ones are evicted LRU)
+_SHARED: dict[tuple, Any] = {}
 
 
-def cached(key: tuple, build: Callable[[], T]) -> T:
-    """Per-process LRU cache of loaded models, keyed by (kind, reference, device, dtype)."""
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    value = build()
-    _CACHE[key] = value
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return value
+def cached(key: tuple, build: Callable[[], T], shared: bool) -> T:
+    """``build()``; with ``shared`` (tiny models) built once per process and shared by every method.
 
-
-def clear_cache() -> None:
-    _CACHE.clear()
+    Full-size models are never shared: each generator holds its own and frees them when it goes, so a run of
+    every method never holds several 7B models at once.
+    """
+    if not shared:
+        return build()
+    if key not in _SHARED:
+        _SHARED[key] = build()
+    return _SHARED[key]
 
 
 def resolve(ref: str | Path | None, paper_default: str, tiny_name: str, profile: str) -> str:
@@ -93,9 +88,9 @@ def quiet_loading() -> Iterator[None]:
 
 
 def fingerprint(ref: str) -> str:
-    """A short id of a model reference: its config files and weight file sizes (local), or the hub id."""
-    h = hashlib.sha256(ref.encode())
+    """A short id of a model: a folder's JSON files and weight file sizes (not its path), else the hub id."""
     path = Path(ref)
+    h = hashlib.sha256(b"" if path.is_dir() else ref.encode())
     if path.is_dir():
         for f in sorted(path.rglob("*")):
             if f.is_file():
@@ -111,8 +106,8 @@ def freeze(*modules: torch.nn.Module) -> None:
             m.requires_grad_(False).eval()
 
 
-def load_pipeline(kind: str, ref: str, device: torch.device, dtype: torch.dtype):
-    """A diffusers text-to-image pipeline (``kind`` "sdxl" or "sd"), frozen, quiet; cached per process."""
+def load_pipeline(kind: str, ref: str, device: torch.device, dtype: torch.dtype, shared: bool = False):
+    """A diffusers text-to-image pipeline (``kind`` "sdxl" or "sd"), frozen, quiet."""
 
     def build():
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -126,10 +121,12 @@ def load_pipeline(kind: str, ref: str, device: torch.device, dtype: torch.dtype)
         freeze(pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
         return pipe
 
-    return cached((kind, ref, str(device), dtype), build)
+    return cached((kind, ref, str(device), dtype), build, shared)
 
 
-def load_lmm(ref: str, device: torch.device, dtype: torch.dtype, lora: str | None = None):
+def load_lmm(
+    ref: str, device: torch.device, dtype: torch.dtype, lora: str | None = None, shared: bool = False
+):
     """An image-text model (LLaVA or BLIP-2, by config) and its processor; ``lora`` merges a PEFT adapter."""
 
     def build():
@@ -157,11 +154,11 @@ def load_lmm(ref: str, device: torch.device, dtype: torch.dtype, lora: str | Non
         freeze(model)
         return model, processor
 
-    return cached(("lmm", ref, lora, str(device), dtype), build)
+    return cached(("lmm", ref, lora, str(device), dtype), build, shared)
 
 
-def load_causal_lm(ref: str, device: torch.device, dtype: torch.dtype):
-    """A causal LM (e.g. Llama) and its tokenizer, frozen; cached per process."""
+def load_causal_lm(ref: str, device: torch.device, dtype: torch.dtype, shared: bool = False):
+    """A causal LM (e.g. Llama) and its tokenizer, frozen."""
 
     def build():
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -173,7 +170,7 @@ def load_causal_lm(ref: str, device: torch.device, dtype: torch.dtype):
         freeze(model)
         return model, tokenizer
 
-    return cached(("causal-lm", ref, str(device), dtype), build)
+    return cached(("causal-lm", ref, str(device), dtype), build, shared)
 
 
 def clean_text(text: str) -> str:
@@ -257,6 +254,16 @@ class BaselineGenerator(Generator):
     """Options with per-profile defaults (strings from the command line are cast to the default's type)."""
 
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # {"tiny": {...}, "paper": {...}}
+
+    def captioner(self):
+        """This method's captioner (option ``captioner``), created on first use and kept."""
+        if getattr(self, "_captioner", None) is None:
+            from baselines.captioner import make_captioner
+
+            self._captioner = make_captioner(
+                self.options.get("captioner"), self.profile, self.device, self.dtype
+            )
+        return self._captioner
 
     def opt(self, key: str) -> Any:
         if self.profile not in self.defaults:

@@ -62,9 +62,13 @@ class PMG(models.BaselineGenerator):
             return
         with models.compute_threads(self.profile, self.device):
             self.llm_ref = models.resolve(self.options.get("llm"), models.PMG_LLM, "llama", self.profile)
-            self.llm, self.tokenizer = models.load_causal_lm(self.llm_ref, self.device, self.dtype)
+            self.llm, self.tokenizer = models.load_causal_lm(
+                self.llm_ref, self.device, self.dtype, shared=self.profile == "tiny"
+            )
             self.sd_ref = models.resolve(self.options.get("sd"), models.SD15, "sd", self.profile)
-            self.pipe = models.load_pipeline("sd", self.sd_ref, self.device, self.dtype)
+            self.pipe = models.load_pipeline(
+                "sd", self.sd_ref, self.device, self.dtype, shared=self.profile == "tiny"
+            )
 
     def keywords(self, history_captions: list[list[str]]) -> list[str]:
         """The LLM's preference keywords per request (greedy, batched, left-padded)."""
@@ -92,9 +96,7 @@ class PMG(models.BaselineGenerator):
             if (self.options.get("reference_text") or "caption") == "semantics":
                 histories = [list(r.history_texts) for r in requests]
             else:
-                flat = iter(
-                    captioner.captioner_for(self).caption([im for r in requests for im in r.history_images])
-                )
+                flat = iter(self.captioner().caption([im for r in requests for im in r.history_images]))
                 histories = [[next(flat) for _ in r.history_images] for r in requests]
             keywords = self.keywords(histories)
             prompts = [f"{ref}, {kw}" for ref, kw in zip(references, keywords, strict=True)]

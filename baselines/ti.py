@@ -99,7 +99,9 @@ class TextualInversion(models.BaselineGenerator):
             return
         self.sdxl_ref = models.resolve(self.options.get("sdxl"), models.SDXL, "sdxl", self.profile)
         with models.compute_threads(self.profile, self.device):
-            self.pipe = models.load_pipeline("sdxl", self.sdxl_ref, self.device, self.dtype)
+            self.pipe = models.load_pipeline(
+                "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile == "tiny"
+            )
         for tok, enc in self._encoders():
             if PLACEHOLDER not in tok.get_vocab():
                 tok.add_tokens([PLACEHOLDER])

@@ -12,9 +12,6 @@ or folder), ``sdxl``, ``captioner``, ``reference_text``, ``steps``, ``size``, ``
 from __future__ import annotations
 
 import hashlib
-import random
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -169,7 +166,7 @@ class LlavaFinetuned(LlavaPretrained):
             if not (folder / "adapter_config.json").is_file():
                 raise UserError(f"not a LoRA folder (no adapter_config.json): {folder}")
             return str(folder)
-        data = self.options.get("data_dir") or (demo_dataset_of(requests) if self.profile == "tiny" else None)
+        data = self.training_data(requests)
         if data is None:
             raise UserError(
                 "method 'llava' needs its fine-tuned LoRA: --option lora=DIR (from `pigeon-bench baselines "
@@ -198,21 +195,6 @@ class LlavaFinetuned(LlavaPretrained):
         return super().base_ref()
 
 
-def demo_dataset_of(requests: list[GenerationRequest]) -> Path | None:
-    """The offline demo dataset (tiny profile) whose samples include the first request's, if any."""
-    if not requests:
-        return None
-    from pigeon_bench.data.demo import ensure_demo_datasets
-
-    s = requests[0].sample
-    for folder in ensure_demo_datasets().values():
-        df = Dataset(folder).samples_df
-        hit = df[df["sample_id"].astype(str) == s.sample_id]
-        if len(hit) and str(hit.iloc[0]["target_id"]) == s.target_id:
-            return Path(folder)
-    return None
-
-
 # ---------------------------------------------------------------- fine-tuning
 
 
@@ -228,12 +210,9 @@ def cached_finetune(
 ) -> Path:
     """Fine-tune once per (dataset content, base, hyper-parameters) into the cache; return the LoRA folder."""
     ds = Dataset(data)
-    h = hashlib.sha256()
-    for f in ("items.parquet", "samples.parquet"):
-        h.update((ds.root / f).read_bytes() if (ds.root / f).is_file() else b"")
     base_ref = models.resolve(base, models.LLAVA, "llava", profile)
-    h.update(f"{models.fingerprint(base_ref)}|{captioner_ref}|{steps}|{lr}|{dtype}".encode())
-    out = cache_dir() / "llava-lora" / h.hexdigest()[:16]
+    key = f"{models.dataset_digest(ds)}|{models.fingerprint(base_ref)}|{captioner_ref}|{steps}|{lr}|{dtype}"
+    out = cache_dir() / "llava-lora" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if not (out / "adapter_config.json").is_file():
         finetune_llava(
             ds.root,
@@ -287,8 +266,7 @@ def finetune_llava(
     from rich.progress import Progress
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "adapter_config.json").is_file():
-        raise UserError(f"output folder exists and is not a previous LoRA: {out}")
+    models.check_output_folder(out, "adapter_config.json")
     ds = Dataset(data)
     samples = ds.samples("train", limit)
     if not samples:
@@ -303,12 +281,8 @@ def finetune_llava(
 
             model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype).to(dev)
             processor = AutoProcessor.from_pretrained(base_ref)
-        n_steps = steps or len(samples)
-        rng = random.Random(seed)
-        schedule: list[int] = []  # sample index per step: successive seeded shuffles of the train split
-        while len(schedule) < n_steps:
-            schedule += rng.sample(range(len(samples)), len(samples))
-        schedule = schedule[:n_steps]
+        schedule = models.step_schedule(len(samples), steps, seed)
+        n_steps = len(schedule)
         used = sorted(set(schedule))  # only these are captioned
         examples = dict(
             zip(
@@ -350,17 +324,12 @@ def finetune_llava(
             "target_modules": LORA_TARGETS,
             "losses": losses,
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-        try:
-            model.save_pretrained(tmp)
-            io.write_json(tmp / FINETUNE_META, meta)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder)
+            io.write_json(folder / FINETUNE_META, meta)
+
+        models.write_folder(out, "adapter_config.json", write)
     return meta
 
 

@@ -8,18 +8,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
+import shutil
+import tempfile
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
 from baselines import tiny
+from pigeon_bench.data.model import Dataset
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import Generator
+from pigeon_bench.generation import GenerationRequest, Generator
 
 T = TypeVar("T")
 
@@ -232,6 +237,75 @@ def render(
     return images
 
 
+def image_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
+    """Center-cropped, resized images as a (n, 3, size, size) tensor in [-1, 1] (the VAE's input)."""
+    out = []
+    for im in images:
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- training on a dataset's train split
+
+
+def demo_dataset_of(requests: list[GenerationRequest]) -> Path | None:
+    """The offline demo dataset (tiny profile) whose samples include the first request's, if any."""
+    if not requests:
+        return None
+    from pigeon_bench.data.demo import ensure_demo_datasets
+
+    s = requests[0].sample
+    for folder in ensure_demo_datasets().values():
+        df = Dataset(folder).samples_df
+        hit = df[df["sample_id"].astype(str) == s.sample_id]
+        if len(hit) and str(hit.iloc[0]["target_id"]) == s.target_id:
+            return Path(folder)
+    return None
+
+
+def dataset_digest(ds: Dataset) -> str:
+    """A hash of a dataset's tables (cache key of what is trained on it)."""
+    h = hashlib.sha256()
+    for name in ("items.parquet", "samples.parquet"):
+        path = ds.root / name
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()
+
+
+def step_schedule(n_samples: int, steps: int, seed: int) -> list[int]:
+    """The training sample of each step: successive seeded shuffles; ``steps`` 0 means one pass."""
+    rng = random.Random(seed)
+    schedule: list[int] = []
+    n_steps = steps or n_samples
+    while len(schedule) < n_steps:
+        schedule += rng.sample(range(n_samples), n_samples)
+    return schedule[:n_steps]
+
+
+def check_output_folder(out: Path, marker: str) -> None:
+    """Refuse to overwrite a non-empty folder that is not a previous output (recognised by ``marker``)."""
+    if out.exists() and any(out.iterdir()) and not (out / marker).is_file():
+        raise UserError(f"output folder exists and is not a previous output (no {marker}): {out}")
+
+
+def write_folder(out: Path, marker: str, write: Callable[[Path], None]) -> None:
+    """Write a whole output folder atomically: ``write`` fills a temporary sibling, renamed over ``out``."""
+    check_output_folder(out, marker)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def compute_threads(profile: str, device: torch.device) -> Iterator[None]:
     """Tiny models on CPU run single-threaded (other profiles keep torch's setting).
@@ -264,6 +338,12 @@ class BaselineGenerator(Generator):
                 self.options.get("captioner"), self.profile, self.device, self.dtype
             )
         return self._captioner
+
+    def training_data(self, requests: list[GenerationRequest]) -> Path | None:
+        """The dataset a method trains on: option ``data_dir``, else (tiny profile) the demo dataset."""
+        if self.options.get("data_dir"):
+            return Path(str(self.options["data_dir"]))
+        return demo_dataset_of(requests) if self.profile == "tiny" else None
 
     def opt(self, key: str) -> Any:
         if self.profile not in self.defaults:

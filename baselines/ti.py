@@ -19,7 +19,6 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -40,17 +39,6 @@ TEMPLATES = (
 def prompt_for(caption: str) -> str:
     """The generation prompt: the reference caption plus the learned user token."""
     return f"{caption}, in the style of {PLACEHOLDER}"
-
-
-def image_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
-    """Center-cropped, resized images as a (n, 3, size, size) tensor in [-1, 1]."""
-    out = []
-    for im in images:
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0)
-    return torch.stack(out)
 
 
 @generators.register("ti")
@@ -172,7 +160,7 @@ class TextualInversion(models.BaselineGenerator):
         # pipeline itself decodes.
         upcast = self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
         vae_dtype = torch.float32 if upcast else self.dtype
-        pixels = image_tensor(history, size).to(self.device, vae_dtype)
+        pixels = models.image_tensor(history, size).to(self.device, vae_dtype)
         with torch.no_grad():
             if upcast:
                 pipe.vae.to(vae_dtype)

@@ -32,6 +32,7 @@ Backbones register a factory ``(device, dtype, **options) -> Backbone`` in ``bac
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -97,7 +98,9 @@ class Backbone(nn.Module, ABC):
             return
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                             target_modules=list(self.lora_target_modules), bias="none")
-        self.language_model = get_peft_model(self.language_model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to fix
+            warnings.simplefilter("ignore", FutureWarning)
+            self.language_model = get_peft_model(self.language_model, config)
 
     # 4. tokenizer decoder -------------------------------------------------------------------------------
     @abstractmethod

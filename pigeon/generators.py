@@ -24,7 +24,7 @@ from pigeon_bench.generation import GenerationRequest, GenerationResult, Generat
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHA_R = 0.5  # used when a request carries no α_r (Fig. 4(b) fixes it at 0.5)
-AUTO_SFT = {"steps": 200, "batch_size": 4, "lr": 2e-3}  # the tiny-profile auto checkpoint (see README)
+AUTO_SFT = {"steps": 60, "batch_size": 4, "lr": 2e-3}  # the tiny-profile auto checkpoint (see README)
 LAVIT_BASELINE = {"history_mask": False, "encoding": False, "reference_mask": "random"}
 
 

@@ -224,8 +224,9 @@ def clip_reward(profile: str, device: str = "cpu") -> RewardFn:
 def build_preferences(model: PigeonModel, examples: Sequence[Example], histories: Sequence[list],
                       reward: RewardFn, alpha_grid: Sequence[float], seed: int, temperature: float,
                       top_k: int, progress: bool = True):
-    """Preference pairs: candidates at every α_r of the grid (inference masks), chosen = highest reward,
-    rejected = lowest. Returns a DataFrame (one row per prompt)."""
+    """Preference pairs: candidates at every α_r of the grid (inference masks, the same sampling seed for
+    all), chosen = highest reward, rejected = lowest. Returns a DataFrame, one row per prompt whose chosen
+    and rejected token sequences differ."""
     import pandas as pd
 
     rows = []
@@ -238,6 +239,9 @@ def build_preferences(model: PigeonModel, examples: Sequence[Example], histories
             images = model.backbone.render(codes, seeds)
             r = reward(images, [hist] * k)
             hi, lo = int(r.argmax()), int(r.argmin())
+            if torch.equal(codes[hi], codes[lo]):  # no preference to learn (e.g. all candidates alike)
+                bar.update(task, advance=1, info="tie, skipped")
+                continue
             rows.append({"sample_id": ex.meta["sample_id"], "alpha_chosen": alpha_grid[hi],
                          "alpha_rejected": alpha_grid[lo], "reward_chosen": float(r[hi]),
                          "reward_rejected": float(r[lo]), "rewards": [float(x) for x in r],
@@ -321,6 +325,8 @@ def _preferences(spec: DPOSpec, model: PigeonModel, bb: Backbone, out: Path, rew
                                spec.temperature, spec.top_k, spec.progress)
         out.mkdir(parents=True, exist_ok=True)
         io.write_parquet(path, df)
+    if df.empty:
+        raise UserError(f"{path}: no preference pairs (every prompt's candidates tied); try more --prompts")
     return df.to_dict("records"), by_id
 
 

@@ -2,9 +2,9 @@
 and recon (reference tokenized and decoded). They use the tiny backbone in the tiny profile and LaVIT in the
 paper profile (option ``backbone`` overrides, ``backbone_path`` points at its weights).
 
-Without a ``checkpoint``, pigeon and lavit train a short stage-1 checkpoint on the dataset's train split once
-and cache it under the pigeon-bench cache (keyed by dataset and options). The dataset is ``data_dir``, or in
-the tiny profile the demo dataset that holds the requested samples.
+In the tiny profile without a ``checkpoint``, pigeon and lavit train a short stage-1 checkpoint on the
+dataset's train split once and cache it under the pigeon-bench cache (keyed by dataset and options). The
+dataset is ``data_dir``, else the demo dataset that holds the requested samples.
 """
 
 from __future__ import annotations
@@ -57,22 +57,21 @@ class _BackboneGenerator(Generator):
         return self.bb
 
     def _dataset(self, requests: list[GenerationRequest]) -> Path:
-        """``data_dir``, else (tiny profile) the demo dataset that contains the first requested sample."""
-        if self.data_dir is not None:
-            return self.data_dir
-        if self.profile == "tiny" and requests:
-            from pigeon_bench.data import Dataset
-            from pigeon_bench.data.demo import ensure_demo_datasets
+        """``data_dir``, else (tiny profile) the demo dataset that contains the requested samples."""
+        if self.data_dir is None and self.profile == "tiny":
+            from baselines.models import demo_dataset_of
 
-            s = requests[0].sample
-            for folder in ensure_demo_datasets().values():
-                df = Dataset(folder).samples_df
-                hit = df[df["sample_id"].astype(str) == s.sample_id]
-                if len(hit) and str(hit.iloc[0]["target_id"]) == s.target_id:
-                    self.data_dir = Path(folder)
-                    return self.data_dir
-        raise UserError(f"method {self.name!r} needs --option checkpoint=CKPT or --option data_dir=DATASET "
-                        "(the dataset whose train split trains it)")
+            self.data_dir = demo_dataset_of(requests)
+        if self.data_dir is None:
+            raise UserError(f"method {self.name!r} needs --option checkpoint=CKPT or --option "
+                            "data_dir=DATASET (the dataset whose train split trains it)")
+        return self.data_dir
+
+    def threads(self):
+        """Single-threaded compute for tiny models on CPU (see baselines.models.compute_threads)."""
+        from baselines.models import compute_threads
+
+        return compute_threads(self.profile, self.device)
 
     def _examples(self, requests: list[GenerationRequest]):
         from pigeon.model import Example
@@ -124,10 +123,10 @@ class _TunedGenerator(_BackboneGenerator):
         return self.model
 
     def _auto_checkpoint(self, requests: list[GenerationRequest]) -> Path:
+        if self.profile != "tiny":
+            raise UserError(f"method {self.name!r} in the {self.profile} profile needs --option "
+                            "checkpoint=CKPT (train one with `pigeon-bench train sft`)")
         data = self._dataset(requests)
-        if self.profile != "tiny" and self.data_dir is None:
-            raise UserError(f"method {self.name!r} in the {self.profile} profile needs "
-                            "--option checkpoint=CKPT")
         auto = dict(AUTO_SFT) | ({"steps": int(self.sft_steps)} if self.sft_steps else {})
         path = auto_checkpoint(data, self.backbone_name, self.backbone_path, self.config_overrides(),
                                self.trainable, **auto)
@@ -136,6 +135,10 @@ class _TunedGenerator(_BackboneGenerator):
         return path
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        with self.threads():
+            return self._generate(requests)
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         model = self._model(requests)
         examples = self._examples(requests)
         alphas = [self.alpha_for(r) for r in requests]
@@ -206,6 +209,10 @@ class LaVITPretrained(_BackboneGenerator):
         self.model = None
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        with self.threads():
+            return self._generate(requests)
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         from pigeon.model import PigeonConfig, PigeonModel
 
         if self.model is None:
@@ -225,10 +232,11 @@ class Reconstruction(_BackboneGenerator):
     group = "Sanity"
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        bb = self._backbone(requests)
-        with torch.inference_mode():
-            codes = bb.tokenize_images([r.reference_image for r in requests])
-            images = bb.render(codes, [r.seed for r in requests])
+        with self.threads():
+            bb = self._backbone(requests)
+            with torch.inference_mode():
+                codes = bb.tokenize_images([r.reference_image for r in requests])
+                images = bb.render(codes, [r.seed for r in requests])
         return [GenerationResult(im) for im in images]
 
 

@@ -158,9 +158,21 @@ def _resume(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.n
     return int(meta.get("step", 0)), list(meta.get("log", []))
 
 
+def _threads(spec: TrainSpec):
+    """Tiny backbones on CPU train single-threaded (see baselines.models.compute_threads)."""
+    from baselines.models import compute_threads
+
+    return compute_threads("tiny" if spec.backbone == "tiny" else "paper", torch.device(spec.device))
+
+
 def train_sft(spec: TrainSpec, backbone: Backbone | None = None) -> dict[str, Any]:
     """Stage 1 (Eq. 8): target = last interaction, reference = the target under the training mask with
     α_r ~ U(0, 1) per example; returns the final checkpoint meta (with the loss log)."""
+    with _threads(spec):
+        return _train_sft(spec, backbone)
+
+
+def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
     out = Path(spec.out)
     bb = backbone or backbone_for(spec.backbone, spec.data, spec.device, **spec.backbone_options)
     model = PigeonModel(bb, spec.config)
@@ -253,6 +265,11 @@ def build_preferences(model: PigeonModel, examples: Sequence[Example], histories
 def train_dpo(spec: DPOSpec, backbone: Backbone | None = None, reward: RewardFn | None = None
               ) -> dict[str, Any]:
     """Stage 2: DPO on preference pairs from the stage-1 model (the frozen reference); only LoRA trains."""
+    with _threads(spec):
+        return _train_dpo(spec, backbone, reward)
+
+
+def _train_dpo(spec: DPOSpec, backbone: Backbone | None, reward: RewardFn | None) -> dict[str, Any]:
     if spec.init is None:
         raise UserError("train dpo needs --init, the stage-1 (SFT) checkpoint")
     out = Path(spec.out)

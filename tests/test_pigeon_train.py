@@ -104,18 +104,20 @@ def test_checkpoint_save_load_is_exact_and_checks_the_backbone(tmp_path: Path) -
 
 
 def test_dpo_trains_lora_only_and_writes_pairs(dataset: Path, backbone_dir: Path, tmp_path: Path) -> None:
-    train_sft(spec(dataset, backbone_dir, tmp_path / "sft"))
+    raw = PigeonConfig(adapter_hidden=16, encoding=False)  # α_r then zeroes prompt tokens: candidates differ
+    train_sft(spec(dataset, backbone_dir, tmp_path / "sft", config=raw))
     init = load_checkpoint(tmp_path / "sft", TinyBackbone.load(backbone_dir)).trainable_state()
 
     def brightness(images, histories):  # a stand-in reward: any ranking of the candidates will do
         return torch.tensor([float(torch.tensor(list(im.convert("L").tobytes())).sum()) for im in images])
 
     d = DPOSpec(**spec(dataset, backbone_dir, tmp_path / "dpo", steps=2).__dict__, init=tmp_path / "sft",
-                prompts=2, alpha_grid=(0.0, 0.5, 1.0), beta=0.5)
+                prompts=3, alpha_grid=(0.0, 0.5, 1.0), beta=0.5)
     meta = train_dpo(d, reward=brightness)
     pairs = pd.read_parquet(tmp_path / "dpo" / "preferences.parquet")
-    assert len(pairs) == 2 and set(pairs["alpha_chosen"]) <= {0.0, 0.5, 1.0}
+    assert 1 <= len(pairs) <= 3 and set(pairs["alpha_chosen"]) <= {0.0, 0.5, 1.0}
     assert (pairs["reward_chosen"] >= pairs["reward_rejected"]).all()
+    assert all(list(c) != list(r) for c, r in zip(pairs["chosen"], pairs["rejected"], strict=True))
     assert [r["step"] for r in meta["log"]] == [1, 2] and "margin" in meta["log"][0]
     after = load_checkpoint(tmp_path / "dpo", TinyBackbone.load(backbone_dir)).trainable_state()
     assert all(torch.equal(after[k], init[k]) for k in init if not k.startswith("lora."))

@@ -200,8 +200,8 @@ def _generate_one(out: Path, manifest: dict[str, Any], session: MethodSession, d
             tmp.unlink()
     pending = [s for s in samples if not (images / f"{s.sample_id}.png").is_file()]
     skipped = len(samples) - len(pending)
-    if old and old.get("complete") and not pending:
-        return old
+    if old and old.get("complete") and not pending:  # finished earlier: leave it untouched
+        return {**old, "counts": {"n": len(samples), "generated": 0, "skipped": skipped}}
     io.write_json(out / "manifest.json", {**manifest, "versions": package_versions(), "complete": False})
     start = time.perf_counter()
     if pending:
@@ -309,11 +309,13 @@ def _clear(path: Path) -> None:
 
 def select_test_time(sweep_dir: Path) -> Path:
     """Write ``SWEEP/selected/``: per sample, the best α_r by the paper's rule on the test metrics."""
+    dest = sweep_dir / "selected"
+    if _newer(dest / "manifest.json", [d / "scores.parquet" for d in run_folders(sweep_dir)]):
+        return dest  # selected since the sweep was last scored
     scores = _sweep_scores(sweep_dir)
     picks = choose_per_sample(scores)
     top = read_manifest(sweep_dir)
     label = f"test-time best of {len(scores)}"
-    dest = sweep_dir / "selected"
     _clear(dest)
     sources = [(sid, sweep_dir / alpha_dirname(a)) for sid, a in picks[["sample_id", "alpha_r"]].to_numpy()]
     _copy_run(dest, {
@@ -331,16 +333,24 @@ def select_on_valid(sweep_dir: Path, valid_sweep: Path) -> Path:
     valid_manifest = read_manifest(valid_sweep)
     if valid_manifest.get("split") != "valid":
         raise UserError(f"{valid_sweep} is a sweep on split {valid_manifest.get('split')!r}, not 'valid'")
+    dest = sweep_dir / "valid-chosen"
+    deps = [d / "scores.parquet" for d in run_folders(sweep_dir) + run_folders(valid_sweep)]
+    valid_run = str(valid_sweep.resolve())
+    if _newer(dest / "manifest.json", deps) and read_manifest(dest)["valid_run"] == valid_run:
+        return dest  # chosen since both sweeps were last scored
     best, means = choose_fixed(_sweep_scores(valid_sweep))
     src = sweep_dir / alpha_dirname(best)
     manifest = read_manifest(src)
-    dest = sweep_dir / "valid-chosen"
     _clear(dest)
-    top = read_manifest(sweep_dir)
+    relabel = {"label": read_manifest(sweep_dir)["label"],
+               "selection": f"fixed α_r={best:.1f} chosen on valid"}
+    # The same images as the chosen α_r run, hence the same scores: copied, not recomputed.
+    io.write_bytes(dest / "scores.parquet", (src / "scores.parquet").read_bytes())
+    if (src / "summary.json").is_file():
+        io.write_json(dest / "summary.json", {**io.read_json(src / "summary.json"), **relabel})
     _copy_run(dest, {
-        **{k: v for k, v in manifest.items() if k not in ("timings",)},
-        "label": top["label"], "selection": f"fixed α_r={best:.1f} chosen on valid",
-        "selection_rule": VALID_RULE, "valid_run": str(valid_sweep.resolve()),
+        **{k: v for k, v in manifest.items() if k != "timings"}, **relabel,
+        "selection_rule": VALID_RULE, "valid_run": valid_run,
         "valid_means": {f"{a:.1f}": round(m, 4) for a, m in means.items()},
     }, [(sid, src) for sid in manifest["sample_ids"]])
     return dest
@@ -356,9 +366,29 @@ def make_scorer(profile: str, device: str = "cpu", batch_size: int = 16):
 
 
 def score(run_dirs: Sequence[Path], scorer) -> None:
-    """Score every run folder with one scorer (its feature cache is shared across runs)."""
+    """Score the run folders not already scored by this scorer since their last change.
+
+    One scorer serves every run, so its feature cache is shared (history and reference features once).
+    """
     for d in run_dirs:
-        scorer.score_run(d)
+        if not is_scored(d, scorer):
+            scorer.score_run(d)
+
+
+def is_scored(run_dir: Path, scorer) -> bool:
+    """Whether RUN/summary.json is newer than RUN/manifest.json and came from the same scorer setup."""
+    summary = run_dir / "summary.json"
+    if not (_newer(summary, [run_dir / "manifest.json"]) and (run_dir / "scores.parquet").is_file()):
+        return False
+    s = io.read_json(summary)
+    boot = s.get("bootstrap") or {}
+    made_by = (s.get("profile"), s.get("backbones"), s.get("preprocess"), boot.get("n_boot"))
+    return made_by == (scorer.profile, scorer.fingerprints(), scorer.resize.id, scorer.n_boot)
+
+
+def _newer(path: Path, deps: Sequence[Path]) -> bool:
+    """Whether ``path`` exists and was written after every one of ``deps``."""
+    return path.is_file() and all(path.stat().st_mtime_ns >= d.stat().st_mtime_ns for d in deps)
 
 
 def select(sweep_dir: Path, scorer, valid_sweep: Path | None = None) -> list[Path]:
@@ -366,11 +396,9 @@ def select(sweep_dir: Path, scorer, valid_sweep: Path | None = None) -> list[Pat
     sweeps = [sweep_dir] + ([valid_sweep] if valid_sweep else [])
     for s in sweeps:
         score([d for d in run_folders(s) if not (d / "scores.parquet").is_file()], scorer)
-    out = [select_test_time(sweep_dir)]
-    if valid_sweep is not None:
-        out.append(select_on_valid(sweep_dir, valid_sweep))
-    score(out, scorer)
-    return out
+    selected = select_test_time(sweep_dir)
+    score([selected], scorer)
+    return [selected] + ([select_on_valid(sweep_dir, valid_sweep)] if valid_sweep is not None else [])
 
 
 # ---------------------------------------------------------------- pigeon-bench run
@@ -405,8 +433,11 @@ def resolve_data(scenario: str, data: Path | None, profile: str | None) -> tuple
     return folder, profile
 
 
-def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str, Path]:
-    """generate -> score -> select -> report for each method; returns the report text and its path."""
+def run(spec: RunSpec, log: Callable[[str], None] = console.print, scorer=None) -> tuple[str, Path]:
+    """generate -> score -> select -> report for each method; returns the report text and its path.
+
+    ``scorer``: a ready ``pigeon_bench.scoring.Scorer`` (default: one for the run's profile and device).
+    """
     data, profile = resolve_data(spec.scenario, spec.data, spec.profile)
     template = GenerateSpec(data=data, method="", limit=spec.limit, seed=spec.seed, profile=profile,
                             device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size)
@@ -419,7 +450,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print) -> tuple[str,
         generators.get(m)
     has_valid = spec.valid and bool(dataset.samples("valid", 1))
     root = Path(spec.out) / spec.scenario
-    scorer = make_scorer(profile, spec.device)
+    scorer = scorer or make_scorer(profile, spec.device)
     report_runs: list[Path] = []
     for method in methods:
         session = MethodSession(create_generator(method, profile, spec.device, spec.dtype))

@@ -103,7 +103,8 @@ def test_resume_generates_only_missing_images(dataset_dir, tmp_path, counting_me
     # A complete run is not touched again and its generator is never loaded.
     CountingNoise.calls = []
     again = runs.generate(spec(dataset_dir, counting_method, split="valid"), partial)
-    assert CountingNoise.calls == [] and again["counts"]["generated"] == 1  # the manifest of the finished run
+    assert CountingNoise.calls == [] and again["counts"] == {"n": 2, "generated": 0, "skipped": 2}
+    assert runs.read_manifest(partial)["counts"]["generated"] == 1  # the manifest of the finished run
 
 
 def test_resume_refuses_other_arguments_and_foreign_folders(dataset_dir, tmp_path, noise_method):
@@ -219,7 +220,7 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     runs.generate(spec(dataset_dir, noise_method, sweep=True, split="valid"), valid_sweep)
     scorer = RedScorer()
     selected, chosen = runs.select(test_sweep, scorer, valid_sweep)
-    assert len(scorer.scored) == 24 and scorer.scored[-2:] == [selected, chosen]
+    assert len(scorer.scored) == 23 and scorer.scored[-1] == selected  # valid-chosen copies its α_r's scores
 
     picks = pd.read_parquet(selected / "selection.parquet")
     assert dict(zip(picks["sample_id"], picks["alpha_r"], strict=True)) == {"s0": 0.3, "s1": 0.8}
@@ -233,6 +234,8 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     c = runs.read_manifest(chosen)
     assert c["selection"] == "fixed α_r=0.6 chosen on valid" and c["alpha_r"] == 0.6 and c["split"] == "test"
     assert image_bytes(chosen) == image_bytes(test_sweep / "alpha_r=0.6")
+    pd.testing.assert_frame_equal(pd.read_parquet(chosen / "scores.parquet"),
+                                  pd.read_parquet(test_sweep / "alpha_r=0.6" / "scores.parquet"))
 
     with pytest.raises(UserError, match="not 'valid'"):
         runs.select(test_sweep, scorer, test_sweep)
@@ -305,3 +308,50 @@ def test_cli_run_unknown_scenario(cli, tmp_path):
     r = cli("run", "--scenario", "comics", "--out", str(tmp_path))
     assert r.exit_code == 2 and r.stderr.startswith("error: unknown scenario 'comics'")
 
+
+
+# ---------------------------------------------------------------- pigeon-bench run
+
+
+def test_run_without_data_uses_the_demo_world_and_the_tiny_profile(dataset_dir, monkeypatch, capsys):
+    import pigeon_bench.data.demo as demo
+
+    monkeypatch.setattr(demo, "ensure_demo_datasets", lambda: {"sticker": dataset_dir, "movie": dataset_dir})
+    assert runs.resolve_data("sticker", None, None) == (dataset_dir, "tiny")
+    assert "offline demo world" in capsys.readouterr().err
+    assert runs.resolve_data("sticker", dataset_dir, None) == (dataset_dir, "paper")
+    assert runs.resolve_data("movie", dataset_dir, "tiny") == (dataset_dir, "tiny")
+    assert capsys.readouterr().err == ""
+
+
+def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise_method):
+    spec = runs.RunSpec(scenario="sticker", data=dataset_dir, methods=["grd", "hist", noise_method],
+                        profile="tiny", out=tmp_path / "runs")
+    from pigeon_bench.scoring import Scorer
+
+    scorer = Scorer(profile="tiny", resize=176, n_boot=50, progress=False)  # 176 px: MS-SSIM's smallest
+    log: list[str] = []
+    text, path = runs.run(spec, log=log.append, scorer=scorer)
+    root = tmp_path / "runs" / "sticker"
+    assert path == root / "report.md" and path.read_text() == text
+    assert TINY_PROFILE_NOTICE in text
+    assert [line.split(":")[0] for line in log] == ["grd", "hist", "noise"]
+    assert "2 images generated" in log[0] and "44 images generated" in log[2]  # 11 α_r x (2 test + 2 valid)
+    for label in ("Grd", "Hist", "test-time best of 11", "chosen on valid", "α_r=0.0", "α_r=1.0"):
+        assert label in text
+    summaries = {p: json.loads(p.read_text()) for p in root.rglob("summary.json")}
+    assert len(summaries) == 2 + 11 + 11 + 2
+    scores = {p: pd.read_parquet(p) for p in root.rglob("scores.parquet")}
+
+    log.clear()
+    text2, _ = runs.run(spec, log=log.append, scorer=scorer)
+    assert all(" 0 images generated" in line for line in log), log
+    assert "skipped" in log[2] and "44 skipped" in log[2]
+    for p, df in scores.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(p), df)
+    assert text2 == text
+
+
+def test_run_refuses_a_dataset_of_another_scenario(dataset_dir, tmp_path):
+    with pytest.raises(UserError, match="is a 'sticker' dataset, not 'movie'"):
+        runs.run(runs.RunSpec(scenario="movie", data=dataset_dir, methods=["grd"], out=tmp_path))

@@ -297,6 +297,7 @@ def write_folder(out: Path, marker: str, write: Callable[[Path], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 is for the temporary name only
         write(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -6,20 +6,36 @@ PMG uses its own Stable Diffusion 1.5 pipeline (the Pigeon paper: "We implement 
 model designs"), so this adapter loads ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (512 px, 50 steps,
 guidance 7.5), not SDXL.
 
-Not implemented: PMG's soft preference embeddings (P-Tuning V2 tokens mapped into the text encoder's space)
-and its α-weighted accuracy/preference objective need PMG's own training; this adapter conditions on the
-explicit keywords only, and says so in its manifest (``soft_embeddings: false``).
+Soft preference embeddings (PMG's implicit preference): ``n_soft`` trainable soft tokens follow the preference
+prompt into the frozen LLM; their last hidden states, through a linear map into the text encoder's space, are
+appended to the prompt's embeddings (and zeros to the unconditional ones). They are trained, with LLM and SD
+frozen, on SD's denoising loss for each training sample's target image (``pigeon-bench baselines
+finetune-pmg``, or on the fly from option ``data_dir``; tiny profile: from the demo dataset). Not implemented:
+PMG's P-Tuning V2 of the LLM's layers and its α-weighted accuracy/preference objective.
 
 Options: ``sd`` (hub id or folder), ``llm``, ``captioner``, ``reference_text`` (caption|semantics; semantics
-also replaces the history captions), ``steps``, ``size``, ``guidance``, ``batch_size``, ``max_new_tokens``.
+also replaces the history captions), ``steps``, ``size``, ``guidance``, ``batch_size``, ``max_new_tokens``,
+``adapter`` (folder from finetune-pmg), ``data_dir``, ``ft_steps``, ``ft_lr``, ``soft=false`` (keywords only).
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+import torch.nn.functional as F
+
 from baselines import captioner, models
-from pigeon_bench.generation import GenerationRequest, GenerationResult, generators
+from pigeon_bench import io
+from pigeon_bench.data.model import Dataset, Sample
+from pigeon_bench.errors import UserError
+from pigeon_bench.generation import GenerationRequest, GenerationResult, build_request, generators
+from pigeon_bench.paths import cache_dir
+
+ADAPTER_WEIGHTS = "pmg_adapter.safetensors"
+ADAPTER_META = "pmg_adapter.json"
 
 
 def preference_prompt(history_captions: list[str]) -> str:
@@ -30,6 +46,46 @@ def preference_prompt(history_captions: list[str]) -> str:
         "List a few keywords that describe this user's visual preferences (style, colours, subjects).\n"
         "Keywords:"
     )
+
+
+class SoftPreference(torch.nn.Module):
+    """PMG's implicit preference: soft tokens read by the frozen LLM after the preference prompt, their last
+    hidden states mapped into the text encoder's space (``n_soft`` extra conditioning tokens)."""
+
+    def __init__(self, n_soft: int, llm_hidden: int, text_dim: int):
+        super().__init__()
+        self.soft = torch.nn.Parameter(torch.randn(n_soft, llm_hidden) * 0.02)
+        self.proj = torch.nn.Linear(llm_hidden, text_dim)
+
+    def forward(self, llm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        emb = llm.get_input_embeddings()(input_ids)
+        soft = self.soft.to(emb.dtype).expand(emb.shape[0], -1, -1)
+        mask = torch.cat([attention_mask, attention_mask.new_ones(soft.shape[:2])], dim=1)
+        hidden = llm(
+            inputs_embeds=torch.cat([emb, soft], dim=1), attention_mask=mask, output_hidden_states=True
+        ).hidden_states[-1]
+        return self.proj(hidden[:, -soft.shape[1] :].float())
+
+    def save(self, folder: Path, meta: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+            str(folder / ADAPTER_WEIGHTS),
+        )
+        io.write_json(folder / ADAPTER_META, meta)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> tuple[SoftPreference, dict[str, Any]]:
+        from safetensors.torch import load_file
+
+        folder = Path(folder).expanduser()
+        if not (folder / ADAPTER_WEIGHTS).is_file():
+            raise UserError(f"not a PMG adapter folder (no {ADAPTER_WEIGHTS}): {folder}")
+        meta = io.read_json(folder / ADAPTER_META)
+        module = cls(meta["n_soft"], meta["llm_hidden"], meta["text_dim"])
+        module.load_state_dict(load_file(str(folder / ADAPTER_WEIGHTS)))
+        return module.eval(), meta
 
 
 @generators.register("pmg")
@@ -47,57 +103,123 @@ class PMG(models.BaselineGenerator):
         "guidance",
         "batch_size",
         "max_new_tokens",
+        "adapter",
+        "data_dir",
+        "ft_steps",
+        "ft_lr",
+        "soft",
     )
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(steps=3, size=64, guidance=7.5, batch_size=1, max_new_tokens=8, min_new_tokens=3),
-        "paper": dict(steps=50, size=512, guidance=7.5, batch_size=1, max_new_tokens=24, min_new_tokens=1),
+        "tiny": dict(
+            steps=3,
+            size=64,
+            guidance=7.5,
+            batch_size=1,
+            max_new_tokens=8,
+            min_new_tokens=3,
+            soft=True,
+            ft_steps=4,
+            ft_lr=1e-2,
+        ),
+        "paper": dict(
+            steps=50,
+            size=512,
+            guidance=7.5,
+            batch_size=1,
+            max_new_tokens=24,
+            min_new_tokens=1,
+            soft=True,
+            ft_steps=0,
+            ft_lr=1e-5,
+        ),
     }
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.llm = None
+        self.adapter = None
+        self.adapter_dir: str | None = None
 
     def load(self) -> None:
         if self.llm is not None:
             return
+        shared = self.profile == "tiny"
         with models.compute_threads(self.profile, self.device):
             self.llm_ref = models.resolve(self.options.get("llm"), models.PMG_LLM, "llama", self.profile)
             self.llm, self.tokenizer = models.load_causal_lm(
-                self.llm_ref, self.device, self.dtype, shared=self.profile == "tiny"
+                self.llm_ref, self.device, self.dtype, shared=shared
             )
             self.sd_ref = models.resolve(self.options.get("sd"), models.SD15, "sd", self.profile)
-            self.pipe = models.load_pipeline(
-                "sd", self.sd_ref, self.device, self.dtype, shared=self.profile == "tiny"
-            )
+            self.pipe = models.load_pipeline("sd", self.sd_ref, self.device, self.dtype, shared=shared)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+
+    def load_adapter(self, requests: list[GenerationRequest]) -> None:
+        """The soft-preference adapter: option ``adapter``, else trained (once, cached) on the train split."""
+        if self.adapter is not None or not self.opt("soft"):
+            return
+        folder = self.options.get("adapter")
+        if not folder:
+            data = self.training_data(requests)
+            if data is None:
+                raise UserError(
+                    "method 'pmg' needs its soft-preference adapter: --option adapter=DIR (from "
+                    "`pigeon-bench baselines finetune-pmg`), --option data_dir=DATASET (trains on "
+                    "its train split, cached) or --option soft=false (keywords only)"
+                )
+            folder = cached_finetune(self, data)
+        self.adapter, _ = SoftPreference.load(folder)
+        self.adapter.to(self.device)
+        self.adapter_dir = str(folder)
 
     def keywords(self, history_captions: list[list[str]]) -> list[str]:
         """The LLM's preference keywords per request (greedy, batched, left-padded)."""
-        tok = self.tokenizer
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
         out = []
-        for start in range(0, len(history_captions), self.opt("batch_size")):
-            texts = [preference_prompt(c) for c in history_captions[start : start + self.opt("batch_size")]]
-            batch = tok(texts, return_tensors="pt", padding=True)
+        size = self.opt("batch_size")
+        for start in range(0, len(history_captions), size):
+            texts = [preference_prompt(c) for c in history_captions[start : start + size]]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True)
             out += models.generate_text(
                 self.llm,
-                tok,
+                self.tokenizer,
                 models.to_model_inputs(batch, self.device, self.dtype),
                 self.opt("max_new_tokens"),
                 self.opt("min_new_tokens"),
             )
         return out
 
+    def texts(self, requests: list[GenerationRequest]) -> tuple[list[str], list[list[str]]]:
+        """Reference descriptions and history descriptions (captions, or the dataset's semantics)."""
+        references = captioner.reference_texts(self, requests)
+        if (self.options.get("reference_text") or "caption") == "semantics":
+            return references, [list(r.history_texts) for r in requests]
+        flat = iter(self.captioner().caption([im for r in requests for im in r.history_images]))
+        return references, [[next(flat) for _ in r.history_images] for r in requests]
+
+    def soft_embeddings(self, adapter: SoftPreference, history: list[str]) -> torch.Tensor:
+        """An adapter's (1, n_soft, text_dim) conditioning tokens for one history's descriptions."""
+        batch = self.tokenizer([preference_prompt(history)], return_tensors="pt")
+        return adapter(self.llm, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+
+    def conditioning(self, prompts: list[str], histories: list[list[str]]) -> dict[str, Any]:
+        """Pipeline inputs: the prompts, or with the adapter their embeddings plus the soft tokens."""
+        if self.adapter is None:
+            return {"prompt": prompts}
+        cond, uncond = [], []
+        with torch.inference_mode():
+            for prompt, history in zip(prompts, histories, strict=True):
+                pos, neg = self.pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt="")
+                soft = self.soft_embeddings(self.adapter, history).to(pos.dtype)
+                cond.append(torch.cat([pos, soft], dim=1))
+                uncond.append(torch.cat([neg, torch.zeros_like(soft)], dim=1))
+        return {"prompt_embeds": torch.cat(cond), "negative_prompt_embeds": torch.cat(uncond)}
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.load()
+        self.load_adapter(requests)
         with models.compute_threads(self.profile, self.device):
-            references = captioner.reference_texts(self, requests)
-            if (self.options.get("reference_text") or "caption") == "semantics":
-                histories = [list(r.history_texts) for r in requests]
-            else:
-                flat = iter(self.captioner().caption([im for r in requests for im in r.history_images]))
-                histories = [[next(flat) for _ in r.history_images] for r in requests]
+            references, histories = self.texts(requests)
             keywords = self.keywords(histories)
             prompts = [f"{ref}, {kw}" for ref, kw in zip(references, keywords, strict=True)]
             images = models.render(
@@ -107,11 +229,18 @@ class PMG(models.BaselineGenerator):
                 self.opt("size"),
                 self.opt("guidance"),
                 self.opt("batch_size"),
-                prompt=prompts,
+                **self.conditioning(prompts, histories),
             )
         return [
             GenerationResult(
-                im, {"prompt": p, "keywords": kw, "reference_caption": ref, "history_captions": h}
+                im,
+                {
+                    "prompt": p,
+                    "keywords": kw,
+                    "reference_caption": ref,
+                    "history_captions": h,
+                    "soft_embeddings": self.adapter is not None,
+                },
             )
             for im, p, kw, ref, h in zip(images, prompts, keywords, references, histories, strict=True)
         ]
@@ -123,5 +252,123 @@ class PMG(models.BaselineGenerator):
             "llm": self.llm_ref,
             "llm_fingerprint": models.fingerprint(self.llm_ref),
             "sd": self.sd_ref,
-            "soft_embeddings": False,
+            "soft_embeddings": self.adapter is not None,
+            "adapter": self.adapter_dir,
         }
+
+
+# ---------------------------------------------------------------- training the soft preference adapter
+
+
+def cached_finetune(gen: PMG, data: str | Path) -> Path:
+    """Train the adapter once per (dataset, models, settings) into the cache; return its folder."""
+    ds = Dataset(data)
+    key = (
+        f"{models.dataset_digest(ds)}|{models.fingerprint(gen.llm_ref)}|{models.fingerprint(gen.sd_ref)}|"
+        f"{gen.captioner().fingerprint}|{gen.opt('ft_steps')}|{gen.opt('ft_lr')}|{gen.dtype}"
+    )
+    out = cache_dir() / "pmg-adapter" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not (out / ADAPTER_WEIGHTS).is_file():
+        finetune_pmg(gen, ds.root, out, steps=gen.opt("ft_steps"), lr=gen.opt("ft_lr"))
+    return out
+
+
+def finetune_pmg(
+    gen: PMG,
+    data: str | Path,
+    out: str | Path,
+    steps: int = 0,
+    lr: float = 1e-5,
+    n_soft: int = 4,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the soft tokens and their map (LLM and SD frozen) on SD's denoising loss for each training
+    sample's target image, conditioned on "<reference caption>, <keywords>" plus its history's soft tokens.
+
+    ``steps`` 0 means one pass over the shuffled train split, batch 1. Writes ``out`` atomically
+    (pmg_adapter.safetensors + pmg_adapter.json with the settings and the loss per step).
+    """
+    from diffusers import DDPMScheduler
+    from rich.progress import Progress
+
+    out = Path(out)
+    models.check_output_folder(out, ADAPTER_WEIGHTS)
+    ds = Dataset(data)
+    samples = ds.samples("train", limit)
+    if not samples:
+        raise UserError(f"{ds.root}: no samples in split 'train' to train on")
+    gen.load()
+    schedule = models.step_schedule(len(samples), steps, seed)
+    used = sorted(set(schedule))
+    with models.compute_threads(gen.profile, gen.device):
+        examples = dict(zip(used, _examples(gen, ds, [samples[i] for i in used]), strict=True))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapter = SoftPreference(
+                n_soft, gen.llm.config.hidden_size, gen.pipe.text_encoder.config.hidden_size
+            )
+        adapter.to(gen.device)
+        optim = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.0)
+        noise_sched = DDPMScheduler.from_config(gen.pipe.scheduler.config)
+        rng = torch.Generator("cpu").manual_seed(seed)
+        losses: list[float] = []
+        with torch.inference_mode(False), torch.enable_grad(), Progress(transient=True) as progress:
+            task = progress.add_task("training PMG's soft preference tokens", total=len(schedule))
+            for i in schedule:
+                latents, prompt_embeds, history = examples[i]
+                noise = torch.randn(latents.shape, generator=rng).to(gen.device, gen.dtype)
+                t = torch.randint(0, noise_sched.config.num_train_timesteps, (1,), generator=rng).to(
+                    gen.device
+                )
+                soft = gen.soft_embeddings(adapter, history).to(gen.dtype)
+                cond = torch.cat([prompt_embeds, soft], dim=1)
+                pred = gen.pipe.unet(
+                    noise_sched.add_noise(latents, noise, t), t, encoder_hidden_states=cond
+                ).sample
+                target = (
+                    noise
+                    if noise_sched.config.prediction_type == "epsilon"
+                    else noise_sched.get_velocity(latents, noise, t)
+                )
+                loss = F.mse_loss(pred.float(), target.float())
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+                losses.append(round(float(loss.detach()), 6))
+                progress.advance(task)
+    meta = {
+        "n_soft": n_soft,
+        "llm_hidden": gen.llm.config.hidden_size,
+        "text_dim": gen.pipe.text_encoder.config.hidden_size,
+        "llm": gen.llm_ref,
+        "sd": gen.sd_ref,
+        "captioner": gen.captioner().ref,
+        "data": str(ds.root.resolve()),
+        "profile": gen.profile,
+        "steps": len(schedule),
+        "lr": lr,
+        "seed": seed,
+        "n_train": len(used),
+        "losses": losses,
+    }
+    models.write_folder(out, ADAPTER_WEIGHTS, lambda folder: adapter.save(folder, meta))
+    return meta
+
+
+def _examples(
+    gen: PMG, ds: Dataset, samples: list[Sample]
+) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """(target latents, prompt embeddings, history captions) per training sample, computed without grad."""
+    requests = [build_request(ds, s) for s in samples]
+    references, histories = gen.texts(requests)
+    keywords = gen.keywords(histories)
+    out = []
+    with torch.no_grad():  # plain tensors: training reads them outside inference mode
+        for s, ref, kw, hist in zip(samples, references, keywords, histories, strict=True):
+            pixels = models.image_tensor([io.load_rgb(ds.image_path(s.target_id))], gen.opt("size"))
+            dist = gen.pipe.vae.encode(pixels.to(gen.device, gen.dtype)).latent_dist
+            latents = dist.mean * gen.pipe.vae.config.scaling_factor
+            embeds, _ = gen.pipe.encode_prompt(f"{ref}, {kw}", gen.device, 1, False)
+            out.append((latents, embeds, hist))
+    return out

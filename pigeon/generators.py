@@ -118,7 +118,7 @@ class _TunedGenerator(_BackboneGenerator):
 
             bb = self._backbone(requests)
             ckpt = self.checkpoint or self._auto_checkpoint(requests)
-            self.model = load_checkpoint(ckpt, bb, **self.config_overrides())
+            self.model = load_checkpoint(ckpt, bb, **self.config_overrides()).merge_lora()
             self.info |= {"checkpoint": str(ckpt), "pigeon_config": asdict(self.model.config)}
         return self.model
 
@@ -216,7 +216,8 @@ class LaVITPretrained(_BackboneGenerator):
         from pigeon.model import PigeonConfig, PigeonModel
 
         if self.model is None:
-            self.model = PigeonModel(self._backbone(requests), PigeonConfig(**LAVIT_BASELINE)).eval()
+            model = PigeonModel(self._backbone(requests), PigeonConfig(**LAVIT_BASELINE))
+            self.model = model.eval().merge_lora()
         seeds = [r.seed for r in requests]
         codes = self.model.generate(self._examples(requests), [0.0] * len(requests), seeds,
                                     temperature=self.temperature, top_k=self.top_k)

@@ -110,6 +110,11 @@ class PigeonModel(nn.Module):
             p.requires_grad_(True)
         return [*self.mask_generator.parameters(), *self.adapter.parameters(), *lora] if sft else lora
 
+    def merge_lora(self) -> PigeonModel:
+        """Fold the LoRA weights into the frozen LM (inference only: faster, no longer trainable)."""
+        self.backbone.language_model.merge_adapter()
+        return self
+
     # masks and prompts ----------------------------------------------------------------------------------
     def masks(self, examples: Sequence[Example], alpha_r: Sequence[float], training: bool,
               alpha_h: float | None = None) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:

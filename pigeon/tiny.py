@@ -200,6 +200,7 @@ class TinyBackbone(Backbone):
             save_file({k: v.contiguous() for k, v in self.visual.state_dict().items()}, str(tmp))
         if hasattr(self.language_model, "peft_config"):
             raise ValueError("save the tiny backbone before adding LoRA")
+        _quiet_transformers()
         self.language_model.save_pretrained(out / "language_model")
         io.write_json(out / "tiny.json", {"config": asdict(self.cfg), "fingerprint": folder_fingerprint(out)})
 
@@ -222,13 +223,18 @@ class TinyBackbone(Backbone):
             raise UserError(f"{path / 'tiny.json'}: bad config ({exc})") from None
         visual = TinyVisual(cfg)
         visual.load_state_dict(load_file(str(path / "visual.safetensors")))
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _quiet_transformers()
         lm = LlamaForCausalLM.from_pretrained(path / "language_model", dtype=dtype)
         bb = TinyBackbone(cfg, Tokenizer.from_file(str(path / "tokenizer.json")), lm, visual,
                           meta.get("fingerprint", ""))
         return bb.to(device=device, dtype=dtype)
+
+
+def _quiet_transformers() -> None:
+    """No per-shard progress bars for a 1-shard tiny model."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def folder_fingerprint(path: Path) -> str:
@@ -338,15 +344,11 @@ backbones.register("tiny", _factory)
 
 
 def dataset_key(data_dir: str | Path) -> str:
-    """A key for caches derived from a dataset: its folder plus the bytes of its parquet/json files."""
-    root = Path(data_dir).resolve()
-    h = hashlib.sha256(str(root).encode())
-    for name in ("items.parquet", "samples.parquet", "stats.json"):
-        p = root / name
-        if not p.is_file():
-            raise UserError(f"not a dataset folder: {root} (missing {name})")
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """A cache key of what is trained on a dataset: the digest of its tables (16 hex digits)."""
+    from baselines.models import dataset_digest
+    from pigeon_bench.data import Dataset
+
+    return dataset_digest(Dataset(data_dir))[:16]
 
 
 def train_corpus(data_dir: str | Path) -> tuple[list[Path], list[str], list[str]]:

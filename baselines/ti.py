@@ -78,9 +78,7 @@ class TextualInversion(models.BaselineGenerator):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.pipe = None
-        self.vectors: dict[
-            tuple[str, ...], list[torch.Tensor]
-        ] = {}  # history key -> one vector per text encoder
+        self.vectors: dict[tuple[str, ...], list[torch.Tensor]] = {}  # history -> one vector per encoder
 
     def load(self) -> None:
         if self.pipe is not None:
@@ -95,6 +93,11 @@ class TextualInversion(models.BaselineGenerator):
                 tok.add_tokens([PLACEHOLDER])
             if enc.get_input_embeddings().num_embeddings < len(tok):
                 enc.resize_token_embeddings(len(tok), mean_resizing=False)
+            pooler = getattr(enc, "text_model", enc)  # the module that holds eos_token_id for pooling
+            if pooler.eos_token_id == 2 != tok.eos_token_id:
+                # Legacy CLIP configs (SDXL's) pool at argmax(input_ids): the added token's position once it
+                # exists. Pool at the end-of-text token instead (the same place for every other prompt).
+                pooler.eos_token_id = enc.config.eos_token_id = tok.eos_token_id
         self.token_ids = [tok.convert_tokens_to_ids(PLACEHOLDER) for tok, _ in self._encoders()]
 
     def _encoders(self) -> list[tuple[Any, torch.nn.Module]]:

@@ -56,6 +56,22 @@ def test_ti_learns_one_token_per_history(tiny_models, tiny_dataset) -> None:  # 
     assert not torch.allclose(ea, eb)
 
 
+def test_ti_pools_at_end_of_text_with_legacy_clip_configs(tiny_models) -> None:  # noqa: F811
+    gen = make(tiny_models)
+    gen.load()
+    enc, tok = gen.pipe.text_encoder_2, gen.pipe.tokenizer_2
+    ids = tok(f"a cat, in the style of {PLACEHOLDER}", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        pooled = enc(ids).text_embeds
+        pooler = getattr(enc, "text_model", enc)
+        pooler.eos_token_id = 2  # as in SDXL's released config
+        legacy = enc(ids).text_embeds
+        gen.pipe = None
+        gen.load()  # load() repairs the shared encoder
+        assert pooler.eos_token_id == tok.eos_token_id
+        assert torch.equal(enc(ids).text_embeds, pooled) and not torch.equal(legacy, pooled)
+
+
 def test_ti_semantics_option_and_paper_defaults(tiny_models, tiny_dataset) -> None:  # noqa: F811
     requests = test_requests(tiny_dataset)[:1]
     result = make(tiny_models, reference_text="semantics").generate(requests)[0]

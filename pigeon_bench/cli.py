@@ -337,7 +337,8 @@ def select(
 
 # ---------------------------------------------------------------- baselines: adapter fine-tuning (issue 4)
 
-baselines_app = typer.Typer(help="Train baseline adapters (LLaVA LoRA, PMG soft tokens).", no_args_is_help=True,
+baselines_app = typer.Typer(help="Train baseline adapters (LLaVA LoRA, PMG soft tokens).",
+                            no_args_is_help=True,
                             rich_markup_mode=None)
 app.add_typer(baselines_app, name="baselines")
 

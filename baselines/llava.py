@@ -241,6 +241,7 @@ def _training_examples(ds: Dataset, samples: list[Sample], cap: captioner.Captio
     return out
 
 
+@models.trains
 def finetune_llava(
     data: str | Path,
     out: str | Path,

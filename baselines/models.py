@@ -6,6 +6,7 @@ folders) run through the very same ``from_pretrained`` code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -44,11 +45,24 @@ def cached(key: tuple, build: Callable[[], T], shared: bool) -> T:
     Full-size models are never shared: each generator holds its own and frees them when it goes, so a run of
     every method never holds several 7B models at once.
     """
-    if not shared:
-        return build()
-    if key not in _SHARED:
-        _SHARED[key] = build()
-    return _SHARED[key]
+    if shared and key in _SHARED:
+        return _SHARED[key]
+    with torch.inference_mode(False):  # plain weights even for a caller in inference mode (TI trains through)
+        value = build()
+    if shared:
+        _SHARED[key] = value
+    return value
+
+
+def trains(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` with autograd on, even when its caller runs in ``torch.inference_mode``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def resolve(ref: str | Path | None, paper_default: str, tiny_name: str, profile: str) -> str:

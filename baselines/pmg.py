@@ -273,6 +273,7 @@ def cached_finetune(gen: PMG, data: str | Path) -> Path:
     return out
 
 
+@models.trains
 def finetune_pmg(
     gen: PMG,
     data: str | Path,
@@ -313,7 +314,7 @@ def finetune_pmg(
         noise_sched = DDPMScheduler.from_config(gen.pipe.scheduler.config)
         rng = torch.Generator("cpu").manual_seed(seed)
         losses: list[float] = []
-        with torch.inference_mode(False), torch.enable_grad(), Progress(transient=True) as progress:
+        with Progress(transient=True) as progress:
             task = progress.add_task("training PMG's soft preference tokens", total=len(schedule))
             for i in schedule:
                 latents, prompt_embeds, history = examples[i]

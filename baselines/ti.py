@@ -133,14 +133,11 @@ class TextualInversion(models.BaselineGenerator):
     def invert(self, history: list[Image.Image], key: tuple[str, ...]) -> list[torch.Tensor]:
         """Learn the user token's vectors from the history images with the SDXL denoising loss."""
         if key not in self.vectors:
-            with (
-                models.compute_threads(self.profile, self.device),
-                torch.inference_mode(False),
-                torch.enable_grad(),
-            ):  # callers may run inside inference_mode
+            with models.compute_threads(self.profile, self.device):
                 self.vectors[key] = self._invert(history, key)
         return self.vectors[key]
 
+    @models.trains
     def _invert(self, history: list[Image.Image], key: tuple[str, ...]) -> list[torch.Tensor]:
         from diffusers import DDPMScheduler
 

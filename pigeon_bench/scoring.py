@@ -9,7 +9,6 @@ and checkpoints scored with the same backbones and preprocessing.
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
 FID_RECOMMENDED_N = 2048
-_MSSSIM_LRU = 32  # images whose MS-SSIM terms stay in memory (about 12 MB each at 512 px)
+_MSSSIM_NAMESPACE = "msssim/pytorch_msssim-win11-sigma1.5"  # per-image terms, about 12 MB each at 512 px
 
 
 @dataclass
@@ -61,7 +60,6 @@ class Scorer:
         self.progress = progress
         self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
         self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
-        self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
 
     # ------------------------------------------------------------ features
 
@@ -88,7 +86,8 @@ class Scorer:
                 chunk = todo[start:start + self.batch_size]
                 feats = backbone.encode([self.resize.apply(load_image(images[d])) for d in chunk])
                 for i, d in enumerate(chunk):
-                    self.store.put(ns, d, {k: v[i].clone() for k, v in feats.items()})  # own memory
+                    own = {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in feats.items()}
+                    self.store.put(ns, d, own)
                 advance(len(chunk))
 
     def _stack(self, backbone: Backbone, digests: Sequence[str], name: str) -> torch.Tensor:
@@ -98,14 +97,14 @@ class Scorer:
     def _text_embeddings(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         clip = self.backbones["clip"]
         assert isinstance(clip, ClipBackbone)
-        ns = f"{clip.text_namespace}"
+        ns = clip.text_namespace
         unique = list(dict.fromkeys(texts))
         todo = [t for t in unique if not self.store.has(ns, text_digest(t))]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             emb = clip.encode_texts(chunk)
             for t, e in zip(chunk, emb, strict=True):
-                self.store.put(ns, text_digest(t), {"emb": e})
+                self.store.put(ns, text_digest(t), {"emb": e.clone()})
         return {t: self.store.get(ns, text_digest(t))["emb"] for t in unique}
 
     def _digests(self, sources: Sequence[ImageSource]) -> tuple[list[str], dict[str, ImageSource]]:
@@ -127,16 +126,15 @@ class Scorer:
         return self._stack(self.backbones["clip"], digests, "emb")
 
     def _msssim_stats(self, digest: str, src: ImageSource) -> Fn.MsssimStats:
-        """An image's own MS-SSIM terms, kept in a small LRU (history images recur across samples)."""
-        hit = self._msssim.get(digest)
+        """An image's own MS-SSIM terms (no model: pixels only), cached like features (float32, exact)."""
+        ns = f"{_MSSSIM_NAMESPACE}-{self.resize.id}"
+        hit = self.store.get(ns, digest)
         if hit is None:
-            hit = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
-            self._msssim[digest] = hit
-            while len(self._msssim) > _MSSSIM_LRU:
-                self._msssim.popitem(last=False)
-        else:
-            self._msssim.move_to_end(digest)
-        return hit
+            stats = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
+            hit = {f"{name}{i}": t[0] for i, level in enumerate(stats)
+                   for name, t in zip("xms", level, strict=True)}  # image, mean, variance per level
+            self.store.put(ns, digest, hit)
+        return [tuple(hit[f"{name}{i}"][None] for name in "xms") for i in range(len(Fn.MSSSIM_WEIGHTS))]
 
     # ------------------------------------------------------------ scoring
 

@@ -68,8 +68,10 @@ def _short(text: str) -> str:
 
 
 def pixels(images: list[Image.Image]) -> torch.Tensor:
-    """(n, 3, H, W) uint8 tensor of same-size RGB images."""
-    return torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images])).permute(0, 3, 1, 2)
+    """(n, 3, H, W) uint8 tensor of same-size RGB images, in contiguous (NCHW) memory: kernels round the
+    same way on freshly made and on cached tensors."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
 class Backbone:

@@ -80,7 +80,7 @@ class FeatureStore:
     def put(self, namespace: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # views: pass clones
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # pass clones, not views
         with io.atomic_path(self.path(namespace, key)) as tmp:
             save_file(tensors, tmp)
         self.disk_writes += 1

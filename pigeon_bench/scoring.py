@@ -9,6 +9,7 @@ and checkpoints scored with the same backbones and preprocessing.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
 FID_RECOMMENDED_N = 2048
-_MSSSIM_NAMESPACE = "msssim/pytorch_msssim-win11-sigma1.5"  # per-image terms, about 12 MB each at 512 px
+_MSSSIM_LRU = 48  # images whose MS-SSIM terms stay in memory (about 12 MB each at 512 px)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Scorer:
         self.progress = progress
         self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
         self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
+        self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
 
     # ------------------------------------------------------------ features
 
@@ -126,15 +128,19 @@ class Scorer:
         return self._stack(self.backbones["clip"], digests, "emb")
 
     def _msssim_stats(self, digest: str, src: ImageSource) -> Fn.MsssimStats:
-        """An image's own MS-SSIM terms (no model: pixels only), cached like features (float32, exact)."""
-        ns = f"{_MSSSIM_NAMESPACE}-{self.resize.id}"
-        hit = self.store.get(ns, digest)
+        """An image's own MS-SSIM terms, in a small in-memory LRU (history images recur across samples).
+
+        Not written to disk: at about 12 MB per 512 px image, writing them costs more than recomputing them.
+        """
+        hit = self._msssim.get(digest)
         if hit is None:
-            stats = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
-            hit = {f"{name}{i}": t[0] for i, level in enumerate(stats)
-                   for name, t in zip("xms", level, strict=True)}  # image, mean, variance per level
-            self.store.put(ns, digest, hit)
-        return [tuple(hit[f"{name}{i}"][None] for name in "xms") for i in range(len(Fn.MSSSIM_WEIGHTS))]
+            hit = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
+            self._msssim[digest] = hit
+            while len(self._msssim) > _MSSSIM_LRU:
+                self._msssim.popitem(last=False)
+        else:
+            self._msssim.move_to_end(digest)
+        return hit
 
     # ------------------------------------------------------------ scoring
 

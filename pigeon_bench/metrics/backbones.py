@@ -77,7 +77,6 @@ def pixels(images: list[Image.Image]) -> torch.Tensor:
 class Backbone:
     """A lazily loaded model with a fingerprint; subclasses implement ``_encode``."""
 
-    kind = "image"
     outputs: tuple[str, ...] = ()
 
     def __init__(self, backbone_id: str, fingerprint: str, preprocess_id: str, loader: Callable[[], Any],

@@ -53,7 +53,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 # Manifest fields that must match for a rerun to continue an existing run folder.
 _IDENTITY = ("method", "data", "split", "limit", "alpha_r", "seed", "profile", "dtype", "options")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -159,8 +159,10 @@ def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None
     if not spec.sweep:
         return _generate_one(out, {**base, "alpha_r": spec.alpha_r}, session, dataset, samples, spec)
     top = {**base, "alpha_r": None, "sweep": list(ALPHA_R_GRID)}
-    _check_resumable(out, top)
-    io.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
+    old = _check_resumable(out, top)
+    finished = bool(old and old.get("complete"))
+    if not finished:
+        io.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
     counts = {"n": 0, "generated": 0, "skipped": 0}
     for a in ALPHA_R_GRID:
         sub = {**base, "alpha_r": a, "label": f"{base['label']} (α_r={a:.1f})"}
@@ -168,7 +170,8 @@ def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None
         counts = {k: counts[k] + m["counts"][k] for k in counts}
     top.update(versions=package_versions(), counts=counts, complete=True,
                runs=[alpha_dirname(a) for a in ALPHA_R_GRID])
-    io.write_json(out / "manifest.json", top)
+    if counts["generated"] or not finished:
+        io.write_json(out / "manifest.json", top)
     return top
 
 

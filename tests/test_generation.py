@@ -132,8 +132,9 @@ def test_grd_returns_the_reference_and_hist_the_most_recent_history_image(datase
     assert (type(grd).group, type(hist).group) == ("Reference", "Sanity")
 
 
-def test_builtin_methods_are_registered():
-    assert {"grd", "hist"} <= set(generators.names())
+def test_every_method_of_table_1_is_registered():
+    names = set(generators.names())
+    assert {"grd", "hist", "ti", "pmg", "llava*", "llava", "lavit*", "lavit", "recon", "pigeon"} <= names
 
 
 def test_unknown_method_and_option_and_dtype_are_user_errors(noise_method):

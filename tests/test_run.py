@@ -152,6 +152,10 @@ def test_sweep_layout(dataset_dir, tmp_path, noise_method):
         m = runs.read_manifest(d)
         assert m["alpha_r"] == a and m["label"] == f"noise (α_r={a:.1f})" and m["complete"]
         assert np.asarray(Image.open(d / "images" / "s1.png"))[0, 0, 0] == int(255 * a)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = runs.generate(spec(dataset_dir, noise_method, sweep=True), out)
+    assert again["counts"] == {"n": 22, "generated": 0, "skipped": 22}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # a finished sweep is left untouched
     # Same noise across α_r for one sample (the seed does not depend on α_r): only the tint changes.
     s0 = [np.asarray(Image.open(d / "images" / "s0.png"))[..., 1] for d in runs.run_folders(out)]
     assert all(np.array_equal(s0[0], x) for x in s0)
@@ -326,7 +330,7 @@ def test_run_without_data_uses_the_demo_world_and_the_tiny_profile(dataset_dir, 
 
 def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise_method):
     spec = runs.RunSpec(scenario="sticker", data=dataset_dir, methods=["grd", "hist", noise_method],
-                        profile="tiny", out=tmp_path / "runs")
+                        profile="tiny", out=tmp_path / "runs", valid=False)  # valid: test_select_writes_...
     from pigeon_bench.scoring import Scorer
 
     scorer = Scorer(profile="tiny", resize=176, n_boot=50, progress=False)  # 176 px: MS-SSIM's smallest
@@ -336,17 +340,17 @@ def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise
     assert path == root / "report.md" and path.read_text() == text
     assert TINY_PROFILE_NOTICE in text
     assert [line.split(":")[0] for line in log] == ["grd", "hist", "noise"]
-    assert "2 images generated" in log[0] and "44 images generated" in log[2]  # 11 α_r x (2 test + 2 valid)
-    for label in ("Grd", "Hist", "test-time best of 11", "chosen on valid", "α_r=0.0", "α_r=1.0"):
+    assert "2 images generated" in log[0] and "22 images generated" in log[2]  # 11 α_r x 2 test samples
+    for label in ("Grd", "Hist", "test-time best of 11", "α_r=0.0", "α_r=1.0"):
         assert label in text
     summaries = {p: json.loads(p.read_text()) for p in root.rglob("summary.json")}
-    assert len(summaries) == 2 + 11 + 11 + 2
+    assert len(summaries) == 2 + 11 + 1 and "chosen on valid" not in text
     scores = {p: pd.read_parquet(p) for p in root.rglob("scores.parquet")}
 
     log.clear()
     text2, _ = runs.run(spec, log=log.append, scorer=scorer)
     assert all(" 0 images generated" in line for line in log), log
-    assert "skipped" in log[2] and "44 skipped" in log[2]
+    assert "22 skipped" in log[2]
     for p, df in scores.items():
         pd.testing.assert_frame_equal(pd.read_parquet(p), df)
     assert text2 == text

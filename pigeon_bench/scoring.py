@@ -26,7 +26,7 @@ from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics.aggregate import overall
 from pigeon_bench.metrics.backbones import Backbone, ClipBackbone, build, pixels
 from pigeon_bench.metrics.cache import DEFAULT_MEMORY_BYTES, FeatureStore
-from pigeon_bench.metrics.preprocess import PAPER_RESIZE, ResizeSpec, image_digest, load_image, text_digest
+from pigeon_bench.metrics.preprocess import PROFILE_RESIZE, ResizeSpec, image_digest, load_image, text_digest
 from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
@@ -50,11 +50,13 @@ class Scorer:
     """Backbones + feature cache, reusable across runs in one process."""
 
     def __init__(self, profile: str = "paper", device: str = "cpu", batch_size: int = 16,
-                 cache_dir: str | Path | None = None, resize: ResizeSpec | int | None = PAPER_RESIZE,
+                 cache_dir: str | Path | None = None, resize: ResizeSpec | int | str | None = "profile",
                  weights: dict[str, str | Path] | None = None, n_boot: int = stats.DEFAULT_N_BOOT,
                  seed: int = 0, memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = True):
         self.profile = profile
         self.batch_size = max(1, int(batch_size))
+        if resize == "profile":  # paper: 512 (the official evaluation's resize); tiny: 192
+            resize = PROFILE_RESIZE.get(profile, PROFILE_RESIZE["paper"])
         self.resize = resize if isinstance(resize, ResizeSpec) else ResizeSpec(size=resize)
         self.n_boot = n_boot
         self.seed = seed

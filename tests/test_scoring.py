@@ -276,7 +276,7 @@ def test_run_folder_errors(world, scored, tmp_path):
         scorer.score_run(one, ds)
 
 
-def test_cli_score_with_data_flag_and_default_512_resize(world, tmp_path):
+def test_cli_score_with_data_flag_and_the_profile_default_resize(world, tmp_path):
     from typer.testing import CliRunner
 
     from pigeon_bench.cli import app
@@ -285,14 +285,14 @@ def test_cli_score_with_data_flag_and_default_512_resize(world, tmp_path):
     sweep = tmp_path / "sweep"  # a sweep of two α_r folders without manifests: --data names the dataset
     io.write_json(sweep / "manifest.json", {"sweep": [0.0, 1.0], "profile": "tiny"})
     for alpha in ("alpha_r=0.0", "alpha_r=1.0"):
-        for p in sorted((run / "images").glob("*.png"))[:2]:  # 2 samples keep the 512 px pass short
+        for p in sorted((run / "images").glob("*.png"))[:2]:  # 2 samples keep the pass short
             io.write_bytes(sweep / alpha / "images" / p.name, p.read_bytes())
     res = CliRunner().invoke(app, ["score", str(sweep), "--data", str(ds), "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert res.output.count(TINY_PROFILE_NOTICE) == 2
     alphas = ("alpha_r=0.0", "alpha_r=1.0")
     first, second = (json.loads((sweep / a / "summary.json").read_text()) for a in alphas)
-    assert first["preprocess"] == "rgb-512-bilinear" and first["profile"] == "tiny"
+    assert first["preprocess"] == "rgb-192-bilinear" and first["profile"] == "tiny"  # the tiny default
     assert first["method"] is None
     assert first["metrics"] == second["metrics"]
     res = CliRunner().invoke(app, ["score", str(tmp_path / "missing"), "--profile", "tiny"])

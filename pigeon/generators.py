@@ -230,7 +230,7 @@ class Reconstruction(_BackboneGenerator):
 
     name = "recon"
     label = "Recon"
-    group = "Sanity"
+    group = "Reference"  # Table 1 lists Recon under Reference, beside Grd
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         with self.threads():

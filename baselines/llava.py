@@ -264,7 +264,8 @@ def finetune_llava(
     losses). Returns finetune.json's content.
     """
     from peft import LoraConfig, get_peft_model
-    from rich.progress import Progress
+
+    from pigeon_bench.progress import progress as progress_bar
 
     out = Path(out)
     models.check_output_folder(out, "adapter_config.json")
@@ -301,7 +302,7 @@ def finetune_llava(
         losses: list[float] = []
         torch.manual_seed(seed)
         model.train()
-        with Progress(transient=True) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("fine-tuning LLaVA (LoRA)", total=n_steps)
             for i in schedule:
                 images, prompt, target = examples[i]

@@ -291,7 +291,8 @@ def finetune_pmg(
     (pmg_adapter.safetensors + pmg_adapter.json with the settings and the loss per step).
     """
     from diffusers import DDPMScheduler
-    from rich.progress import Progress
+
+    from pigeon_bench.progress import progress as progress_bar
 
     out = Path(out)
     models.check_output_folder(out, ADAPTER_WEIGHTS)
@@ -314,7 +315,7 @@ def finetune_pmg(
         noise_sched = DDPMScheduler.from_config(gen.pipe.scheduler.config)
         rng = torch.Generator("cpu").manual_seed(seed)
         losses: list[float] = []
-        with Progress(transient=True) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("training PMG's soft preference tokens", total=len(schedule))
             for i in schedule:
                 latents, prompt_embeds, history = examples[i]

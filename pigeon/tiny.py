@@ -32,6 +32,7 @@ from torch import nn
 from pigeon.backbone import Backbone, backbones
 from pigeon_bench import io
 from pigeon_bench.errors import UserError
+from pigeon_bench.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -262,19 +263,12 @@ def pretrain(images: Sequence[Image.Image], captions: Sequence[str], extra_texts
     bb = TinyBackbone.new(cfg, texts, seed)
     gen = torch.Generator().manual_seed(seed)
     x = images_to_tensor(images, cfg.image_size)
-    with _progress(progress) as bar:
+    with progress_bar(info=True, enabled=progress) as bar:
         _train_vq(bb.visual, x, vq_steps, batch_size, gen, bar)
         codes = torch.stack(bb.tokenize_images(images))
         _train_lm(bb, codes, captions, lm_steps, batch_size, seed, bar)
     bb.requires_grad_(False)
     return bb.eval()
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), disable=not enabled, transient=True)
 
 
 def _train_vq(vis: TinyVisual, x: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator,

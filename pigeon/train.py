@@ -34,6 +34,7 @@ from pigeon_bench import io
 from pigeon_bench.data import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import ALPHA_R_GRID
+from pigeon_bench.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,6 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 # ---------------------------------------------------------------------------------------------- loops
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"), disable=not enabled)
-
-
 def _save(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], out: Path,
           meta: dict[str, Any]) -> None:
     """Checkpoint + optimizer state (exp_avg/exp_avg_sq/step per trainable parameter) for resuming."""
@@ -187,7 +181,7 @@ def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
     model.train()
     meta = {**identity, "steps": spec.steps, "data": str(Path(spec.data).resolve())}
     t0 = time.perf_counter()
-    with _progress(spec.progress) as bar:
+    with progress_bar(info=True, transient=False, enabled=spec.progress) as bar:
         task = bar.add_task("pigeon sft", total=spec.steps, completed=min(start_step, spec.steps), info="")
         for step in range(start_step, spec.steps):
             rng = random.Random(spec.seed * 1_000_003 + step)
@@ -242,7 +236,7 @@ def build_preferences(model: PigeonModel, examples: Sequence[Example], histories
     import pandas as pd
 
     rows = []
-    with _progress(progress) as bar:
+    with progress_bar(info=True, transient=False, enabled=progress) as bar:
         task = bar.add_task("pigeon dpo: preference pairs", total=len(examples), info="")
         for n, (ex, hist) in enumerate(zip(examples, histories, strict=True)):
             k = len(alpha_grid)
@@ -290,7 +284,7 @@ def _train_dpo(spec: DPOSpec, backbone: Backbone | None, reward: RewardFn | None
     meta = {**identity, "steps": spec.steps, "data": str(Path(spec.data).resolve()), "pairs": len(pairs)}
     model.train()
     t0 = time.perf_counter()
-    with _progress(spec.progress) as bar:
+    with progress_bar(info=True, transient=False, enabled=spec.progress) as bar:
         task = bar.add_task("pigeon dpo", total=spec.steps, completed=min(start_step, spec.steps), info="")
         for step in range(start_step, spec.steps):
             rng = random.Random(spec.seed * 1_000_003 + step)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional  # noqa: F401 - used by command sections
 
 import typer
 
-from pigeon_bench.errors import UserError  # noqa: F401 - used by command sections
+from pigeon_bench.errors import UserError
 
 app = typer.Typer(
     name="pigeon-bench",
@@ -26,7 +26,8 @@ models_app = typer.Typer(help="List, check and prefetch backbone weights.", no_a
                          rich_markup_mode=None)
 train_app = typer.Typer(help="Train Pigeon: stage 1 (SFT) and stage 2 (DPO).", no_args_is_help=True,
                         rich_markup_mode=None)
-human_eval_app = typer.Typer(help="Human-evaluation kit (Table 2).", no_args_is_help=True, rich_markup_mode=None)
+human_eval_app = typer.Typer(help="Human-evaluation kit (Table 2).", no_args_is_help=True,
+                             rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
@@ -631,7 +632,11 @@ def human_eval_score(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: warnings print as one line each, once."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    warnings.simplefilter("once", UserWarning)
     app()
 
 

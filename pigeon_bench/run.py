@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
 
 from pigeon_bench import io
 from pigeon_bench.data.model import Dataset, Sample
@@ -43,6 +42,8 @@ from pigeon_bench.generation import (
     method_dirname,
 )
 from pigeon_bench.metrics import overall
+from pigeon_bench.progress import console
+from pigeon_bench.progress import progress as progress_bar
 from pigeon_bench.scenarios import scenarios
 from pigeon_bench.schema import TINY_PROFILE_NOTICE
 
@@ -53,7 +54,6 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 # Manifest fields that must match for a rerun to continue an existing run folder.
 _IDENTITY = ("method", "data", "split", "limit", "alpha_r", "seed", "profile", "dtype", "options")
 
-console = Console(stderr=True, soft_wrap=True)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -209,7 +209,7 @@ def _generate_one(out: Path, manifest: dict[str, Any], session: MethodSession, d
     start = time.perf_counter()
     if pending:
         gen = session.loaded()
-        with _progress() as progress:
+        with progress_bar(enabled=console.is_terminal) as progress:
             alpha = "" if manifest["alpha_r"] is None else f" α_r={manifest['alpha_r']:.1f}"
             task = progress.add_task(f"{spec.method} {manifest['split']}{alpha}", total=len(pending))
             for i in range(0, len(pending), spec.batch_size):
@@ -236,13 +236,6 @@ def _generate_one(out: Path, manifest: dict[str, Any], session: MethodSession, d
     }
     io.write_json(out / "manifest.json", final)
     return final
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
 # ---------------------------------------------------------------- scoring and selection

@@ -27,6 +27,7 @@ from pigeon_bench.metrics.aggregate import overall
 from pigeon_bench.metrics.backbones import Backbone, ClipBackbone, build, pixels
 from pigeon_bench.metrics.cache import DEFAULT_MEMORY_BYTES, FeatureStore
 from pigeon_bench.metrics.preprocess import PROFILE_RESIZE, ResizeSpec, image_digest, load_image, text_digest
+from pigeon_bench.progress import progress as progress_bar
 from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
@@ -265,9 +266,7 @@ class Scorer:
             if not self.progress or total < 32:
                 yield lambda k: None
                 return
-            from rich.progress import Progress
-
-            with Progress(transient=True) as prog:
+            with progress_bar() as prog:
                 task = prog.add_task(label, total=total)
                 yield lambda k: prog.advance(task, k)
 
@@ -286,7 +285,7 @@ def run_samples(run_dir: Path, dataset: Dataset) -> list[Sample]:
     images = run_dir / "images"
     if not images.is_dir():
         raise UserError(f"{run_dir}: no images/ folder (expected images/<sample_id>.png)")
-    ids = {p.stem for p in images.glob("*.png")}
+    ids = {p.stem for p in images.glob("*.png") if not p.name.startswith(".")}  # skip a killed write's temp
     if not ids:
         raise UserError(f"{images}: no <sample_id>.png images")
     by_id = {s.sample_id: s for s in dataset.samples()}

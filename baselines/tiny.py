@@ -340,14 +340,12 @@ def _scheduler():
     )
 
 
-def sdxl_pipeline(seed: int = SEED):
-    """A tiny ``StableDiffusionXLPipeline`` (two CLIP text encoders, text-time UNet; 64 px -> 8x8 latents)."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def _unet(seed: int, **config):
+    """A tiny seeded ``UNet2DConditionModel`` (two blocks, 8x8 latents); ``config`` adds SD/SDXL specifics."""
+    from diffusers import UNet2DConditionModel
 
-    text_cfg = _clip_text_config()
     with seeded(seed):
-        unet = UNet2DConditionModel(
+        return UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
             out_channels=4,
@@ -357,13 +355,25 @@ def sdxl_pipeline(seed: int = SEED):
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4),
             norm_num_groups=8,
-            use_linear_projection=True,
-            transformer_layers_per_block=(1, 1),
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + text_cfg.projection_dim,
-            cross_attention_dim=2 * text_cfg.hidden_size,
+            **config,
         )
+
+
+def sdxl_pipeline(seed: int = SEED):
+    """A tiny ``StableDiffusionXLPipeline`` (two CLIP text encoders, text-time UNet; 64 px -> 8x8 latents)."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    text_cfg = _clip_text_config()
+    unet = _unet(
+        seed,
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + text_cfg.projection_dim,
+        cross_attention_dim=2 * text_cfg.hidden_size,
+    )
     with seeded(seed + 1):
         text_encoder = CLIPTextModel(text_cfg).eval()
     with seeded(seed + 2):
@@ -382,23 +392,11 @@ def sdxl_pipeline(seed: int = SEED):
 
 def sd_pipeline(seed: int = SEED):
     """A tiny ``StableDiffusionPipeline`` (SD 1.5 layout: one CLIP text encoder; 64 px -> 8x8 latents)."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     text_cfg = _clip_text_config()
-    with seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            norm_num_groups=8,
-            cross_attention_dim=text_cfg.hidden_size,
-        )
+    unet = _unet(seed, cross_attention_dim=text_cfg.hidden_size)
     with seeded(seed + 1):
         text_encoder = CLIPTextModel(text_cfg).eval()
     return StableDiffusionPipeline(

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from baselines import tiny
+from pigeon_bench import io
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, Generator
@@ -109,14 +110,7 @@ def quiet_loading() -> Iterator[None]:
 def fingerprint(ref: str) -> str:
     """A short id of a model: a folder's JSON files and weight file sizes (not its path), else the hub id."""
     path = Path(ref)
-    h = hashlib.sha256(b"" if path.is_dir() else ref.encode())
-    if path.is_dir():
-        for f in sorted(path.rglob("*")):
-            if f.is_file():
-                rel = f.relative_to(path).as_posix()
-                h.update(rel.encode())
-                h.update(f.read_bytes() if f.suffix == ".json" else str(f.stat().st_size).encode())
-    return h.hexdigest()[:16]
+    return io.folder_fingerprint(path) if path.is_dir() else hashlib.sha256(ref.encode()).hexdigest()[:16]
 
 
 def freeze(*modules: torch.nn.Module) -> None:

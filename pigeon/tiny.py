@@ -14,7 +14,6 @@ model.safetensors).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import shutil
@@ -203,7 +202,8 @@ class TinyBackbone(Backbone):
             raise ValueError("save the tiny backbone before adding LoRA")
         _quiet_transformers()
         self.language_model.save_pretrained(out / "language_model")
-        io.write_json(out / "tiny.json", {"config": asdict(self.cfg), "fingerprint": folder_fingerprint(out)})
+        fingerprint = io.folder_fingerprint(out, content=True, exclude=("tiny.json",))
+        io.write_json(out / "tiny.json", {"config": asdict(self.cfg), "fingerprint": fingerprint})
 
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -236,15 +236,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def folder_fingerprint(path: Path) -> str:
-    """sha256 over the weight and tokenizer files of a backbone folder (first 16 hex digits)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "tiny.json"):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def pretrain(images: Sequence[Image.Image], captions: Sequence[str], extra_texts: Sequence[str] = (),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -100,6 +101,26 @@ def save_image(dest: str | Path, image: Image.Image) -> None:
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         image.save(tmp, format=Image.registered_extensions().get(dest.suffix.lower(), "PNG"))
+
+
+def folder_fingerprint(root: str | Path, *, content: bool = False, exclude: tuple[str, ...] = ()) -> str:
+    """A short id of a model folder, independent of where it lies (first 16 hex digits of a sha256).
+
+    It covers every file's relative path and, with ``content``, every byte; otherwise the JSON files' bytes
+    and the other files' sizes, which is cheap for a many-GB checkpoint. ``exclude`` names files or folders
+    to skip.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if exclude and any(part in exclude for part in rel.parts):
+            continue
+        h.update(rel.as_posix().encode() + b"\0")
+        whole = content or path.suffix == ".json"
+        h.update(path.read_bytes() if whole else str(path.stat().st_size).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def load_rgb(path: str | Path) -> Image.Image:

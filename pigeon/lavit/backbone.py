@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from pigeon.lavit.layout import check_state_dict, load_weights, require_complete
 from pigeon.lavit.pixel_decoder import PixelDecoder
 from pigeon.lavit.tokenizer_decoder import HighresTokenizerDecoder
 from pigeon.lavit.visual_tokenizer import DynamicVisualTokenizer
+from pigeon_bench import io
 from pigeon_bench.errors import UserError
 from pigeon_bench.io import to_rgb
 
@@ -195,16 +194,8 @@ class LaVITBackbone(Backbone):
 
     # identity ----------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {"backbone": self.name, "source": self.source, "fingerprint": folder_fingerprint(self.root),
+        fingerprint = io.folder_fingerprint(self.root, exclude=(".cache",))
+        return {"backbone": self.name, "source": self.source, "fingerprint": fingerprint,
                 "config": "released" if not (self.root / CONFIG_FILE).is_file() else self.config.to_json()}
 
 
-def folder_fingerprint(root: Path) -> str:
-    """sha256 over (path, size) of every file and the bytes of every JSON file: cheap for a 26 GB folder."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        rel = path.relative_to(root).as_posix()
-        h.update(json.dumps([rel, path.stat().st_size]).encode())
-        if path.suffix == ".json":
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]

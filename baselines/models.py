@@ -283,6 +283,20 @@ def dataset_digest(ds: Dataset) -> str:
     return h.hexdigest()
 
 
+def denoising_step(optim: torch.optim.Optimizer, pred: torch.Tensor, latents: torch.Tensor,
+                   noise: torch.Tensor, t: torch.Tensor, scheduler: Any) -> float:
+    """One optimiser step on the diffusion loss (target: the noise, or the velocity for v-prediction)."""
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = scheduler.get_velocity(latents, noise, t)
+    loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    return float(loss.detach())
+
+
 def step_schedule(n_samples: int, steps: int, seed: int) -> list[int]:
     """The training sample of each step: successive seeded shuffles; ``steps`` 0 means one pass."""
     rng = random.Random(seed)

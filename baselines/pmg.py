@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from baselines import captioner, models
 from pigeon_bench import io
@@ -328,16 +327,7 @@ def finetune_pmg(
                 pred = gen.pipe.unet(
                     noise_sched.add_noise(latents, noise, t), t, encoder_hidden_states=cond
                 ).sample
-                target = (
-                    noise
-                    if noise_sched.config.prediction_type == "epsilon"
-                    else noise_sched.get_velocity(latents, noise, t)
-                )
-                loss = F.mse_loss(pred.float(), target.float())
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                losses.append(round(float(loss.detach()), 6))
+                losses.append(round(models.denoising_step(optim, pred, latents, noise, t, noise_sched), 6))
                 progress.advance(task)
     meta = {
         "n_soft": n_soft,

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from baselines import captioner, models
@@ -198,15 +197,7 @@ class TextualInversion(models.BaselineGenerator):
                 encoder_hidden_states=embeds,
                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
             ).sample
-            target = (
-                noise
-                if noise_sched.config.prediction_type == "epsilon"
-                else noise_sched.get_velocity(latents, noise, t)
-            )
-            loss = F.mse_loss(pred.float(), target.float())
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
+            models.denoising_step(optim, pred, latents, noise, t, noise_sched)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.load()

@@ -32,7 +32,7 @@ from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 
 ImageSource = str | Path | Image.Image
 FID_RECOMMENDED_N = 2048
-_MSSSIM_LRU = 48  # images whose MS-SSIM terms stay in memory (about 12 MB each at 512 px)
+_MSSSIM_LRU_BYTES = 1 << 30  # MS-SSIM terms kept in memory: ~12 MB an image at 512 px, ~1.7 MB at 192
 
 
 @dataclass
@@ -45,6 +45,10 @@ class SampleInputs:
     history_texts: Sequence[str]
     reference: ImageSource
     reference_text: str
+
+
+def _nbytes(stats: Fn.MsssimStats) -> int:
+    return sum(t.nbytes for level in stats for t in level)
 
 
 class Scorer:
@@ -65,6 +69,7 @@ class Scorer:
         self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
         self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
         self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
+        self._msssim_bytes = 0
 
     # ------------------------------------------------------------ features
 
@@ -131,7 +136,7 @@ class Scorer:
         return self._stack(self.backbones["clip"], digests, "emb")
 
     def _msssim_stats(self, digest: str, src: ImageSource) -> Fn.MsssimStats:
-        """An image's own MS-SSIM terms, in a small in-memory LRU (history images recur across samples).
+        """An image's own MS-SSIM terms, in an in-memory LRU of 1 GiB (history images recur across runs).
 
         Not written to disk: at about 12 MB per 512 px image, writing them costs more than recomputing them.
         """
@@ -139,8 +144,9 @@ class Scorer:
         if hit is None:
             hit = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
             self._msssim[digest] = hit
-            while len(self._msssim) > _MSSSIM_LRU:
-                self._msssim.popitem(last=False)
+            self._msssim_bytes += _nbytes(hit)
+            while self._msssim_bytes > _MSSSIM_LRU_BYTES and len(self._msssim) > 1:
+                self._msssim_bytes -= _nbytes(self._msssim.popitem(last=False)[1])
         else:
             self._msssim.move_to_end(digest)
         return hit

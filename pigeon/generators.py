@@ -74,15 +74,23 @@ class _BackboneGenerator(Generator):
         return compute_threads(self.profile, self.device)
 
     def _examples(self, requests: list[GenerationRequest]):
+        """One tokenized Example per request; requests sharing their image objects (a sample's α_r
+        candidates in a sweep) share one Example, so each image is tokenized once."""
         from pigeon.model import Example
 
-        bb = self.bb
-        images = [im for r in requests for im in (*r.history_images, r.reference_image)]
-        codes = bb.tokenize_images(images)
-        k = len(requests[0].history_images) + 1
-        return [Example(history=codes[i * k : i * k + k - 1], reference=codes[i * k + k - 1],
-                        caption=r.reference_text, meta={"sample_id": r.sample.sample_id})
-                for i, r in enumerate(requests)]
+        own = [im for r in requests for im in (*r.history_images, r.reference_image)]
+        images = list({id(im): im for im in own}.values())
+        codes = dict(zip(map(id, images), self.bb.tokenize_images(images), strict=True))
+        examples: dict[tuple[int, ...], Example] = {}
+        out = []
+        for r in requests:
+            key = tuple(map(id, (*r.history_images, r.reference_image)))
+            if key not in examples:
+                examples[key] = Example(history=[codes[id(im)] for im in r.history_images],
+                                        reference=codes[id(r.reference_image)], caption=r.reference_text,
+                                        meta={"sample_id": r.sample.sample_id})
+            out.append(examples[key])
+        return out
 
     def describe(self) -> dict[str, Any]:
         out = {"method": self.name, "profile": self.profile}

@@ -125,10 +125,12 @@ class PigeonModel(nn.Module):
         cfg = self.config
         alpha_h = cfg.alpha_h if alpha_h is None else alpha_h
         bb = self.backbone
+        unique = list({id(ex): ex for ex in examples}.values())  # an Example repeated at several α_r
         with torch.no_grad():
-            hist_e = [[bb.embed_visual(c) for c in ex.history] for ex in examples]
-            ref_e = [bb.embed_visual(ex.reference) for ex in examples]
-        scores = self.mask_generator.scores(hist_e, ref_e)
+            hist_e = [[bb.embed_visual(c) for c in ex.history] for ex in unique]
+            ref_e = [bb.embed_visual(ex.reference) for ex in unique]
+        by_id = dict(zip(map(id, unique), self.mask_generator.scores(hist_e, ref_e), strict=True))
+        scores = [by_id[id(ex)] for ex in examples]
         drop_high = masks_high_scores(cfg.reference_mask, training)
         noise = training and cfg.gumbel
         h_masks, r_masks = [], []
@@ -255,13 +257,12 @@ def sample_visual_tokens(backbone: Backbone, prompts: Sequence[torch.Tensor], se
             cand[:, k] = float("-inf")
         if step == bb.max_visual_tokens:
             break
-        nxt = []
-        for b in range(len(prompts)):
-            nxt.append(_sample(cand[b], gens[b], temperature, top_k))
-            if nxt[b] == k:
+        nxt = _sample(cand, gens, temperature, top_k)
+        for b, c in enumerate(nxt):
+            if c == k:
                 done[b] = True
             elif not done[b]:
-                codes[b].append(nxt[b])
+                codes[b].append(c)
         if all(done):
             break
         ids = torch.tensor([c + k0 if c < k else eoi for c in nxt], device=bb.device)
@@ -270,15 +271,20 @@ def sample_visual_tokens(backbone: Backbone, prompts: Sequence[torch.Tensor], se
     return [torch.tensor(c, dtype=torch.long, device=bb.device) for c in codes]
 
 
-def _sample(logits: torch.Tensor, gen: torch.Generator, temperature: float, top_k: int) -> int:
+def _sample(logits: torch.Tensor, gens: Sequence[torch.Generator], temperature: float, top_k: int
+            ) -> list[int]:
+    """One token per row of (B, V) logits: top-k, temperature, then inverse-CDF sampling with one uniform
+    draw from each row's own generator (a row's token never depends on the other rows of its batch)."""
     if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if 0 < top_k < logits.numel():
-        kth = logits.topk(top_k).values[-1]
+        return logits.argmax(-1).tolist()
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=gen))
+    cdf = F.softmax(logits, dim=-1).double().cpu().cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens])
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return idx.clamp(max=logits.shape[-1] - 1).tolist()
 
 
 # checkpoints --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ An image on disk is a finished item: a rerun generates only the missing ones.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import re
@@ -56,8 +57,9 @@ _IDENTITY = ("method", "data", "split", "limit", "alpha_r", "seed", "profile", "
 
 
 
+@functools.cache
 def package_versions() -> dict[str, str | None]:
-    """Versions that can change generated images or scores."""
+    """Versions that can change generated images or scores (read once per process)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for pkg in ("pigeon-bench", "torch", "numpy", "pillow", "diffusers", "transformers", "open_clip_torch"):
         try:
@@ -157,19 +159,23 @@ def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None
         "args": {"device": spec.device, "batch_size": spec.batch_size, "sweep": spec.sweep},
     }
     if not spec.sweep:
-        return _generate_one(out, {**base, "alpha_r": spec.alpha_r}, session, dataset, samples, spec)
+        target = _open(out, {**base, "alpha_r": spec.alpha_r}, samples)
+        return _close(target, session, _fill([target], session, dataset, spec))
     top = {**base, "alpha_r": None, "sweep": list(ALPHA_R_GRID)}
     old = _check_resumable(out, top)
     finished = bool(old and old.get("complete"))
     if not finished:
         io.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
-    counts = {"n": 0, "generated": 0, "skipped": 0}
-    for a in ALPHA_R_GRID:
-        sub = {**base, "alpha_r": a, "label": f"{base['label']} (α_r={a:.1f})"}
-        m = _generate_one(out / alpha_dirname(a), sub, session, dataset, samples, spec)
-        counts = {k: counts[k] + m["counts"][k] for k in counts}
+    targets = [_open(out / alpha_dirname(a), {**base, "alpha_r": a,
+                                              "label": f"{base['label']} (α_r={a:.1f})"}, samples)
+               for a in ALPHA_R_GRID]
+    per_image = _fill(targets, session, dataset, spec)
+    manifests = [_close(t, session, per_image) for t in targets]
+    counts = {k: sum(m["counts"][k] for m in manifests) for k in ("n", "generated", "skipped")}
     top.update(versions=package_versions(), counts=counts, complete=True,
-               runs=[alpha_dirname(a) for a in ALPHA_R_GRID])
+               runs=[alpha_dirname(a) for a in ALPHA_R_GRID],
+               timings={"load_s": session.load_s,
+                        "generate_s": round(per_image * counts["generated"], 3) if per_image else None})
     if counts["generated"] or not finished:
         io.write_json(out / "manifest.json", top)
     return top
@@ -194,47 +200,94 @@ def _check_resumable(out: Path, manifest: dict[str, Any]) -> dict[str, Any] | No
     return old
 
 
-def _generate_one(out: Path, manifest: dict[str, Any], session: MethodSession, dataset: Dataset,
-                  samples: list[Sample], spec: GenerateSpec) -> dict[str, Any]:
+@dataclass
+class _Target:
+    """One run folder being generated: its manifest, what an earlier run left, the samples it lacks."""
+
+    out: Path
+    manifest: dict[str, Any]
+    old: dict[str, Any] | None
+    samples: list[Sample]
+    pending: set[str]
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.old and self.old.get("complete") and not self.pending)
+
+
+def _open(out: Path, manifest: dict[str, Any], samples: list[Sample]) -> _Target:
+    """Check that ``out`` can take this run, drop a killed run's temp files, find the missing images."""
     old = _check_resumable(out, manifest)
-    images = out / "images"
-    for stale in (out / "images", out / "meta"):  # temp files of a killed run
+    for stale in (out / "images", out / "meta"):
         for tmp in stale.glob(".*.tmp*"):
             tmp.unlink()
-    pending = [s for s in samples if not (images / f"{s.sample_id}.png").is_file()]
-    skipped = len(samples) - len(pending)
-    if old and old.get("complete") and not pending:  # finished earlier: leave it untouched
-        return {**old, "counts": {"n": len(samples), "generated": 0, "skipped": skipped}}
-    io.write_json(out / "manifest.json", {**manifest, "versions": package_versions(), "complete": False})
+    pending = {s.sample_id for s in samples if not (out / "images" / f"{s.sample_id}.png").is_file()}
+    target = _Target(out, manifest, old, samples, pending)
+    if not target.finished:
+        io.write_json(out / "manifest.json", {**manifest, "versions": package_versions(), "complete": False})
+    return target
+
+
+def _fill(targets: list[_Target], session: MethodSession, dataset: Dataset, spec: GenerateSpec
+          ) -> float | None:
+    """Generate every target's missing images; returns the seconds per image (None: nothing to do).
+
+    A generator call carries ``spec.batch_size`` samples, each with one request per target that lacks it
+    (a sweep asks for all α_r candidates of a sample at once, sharing its decoded images). Images are
+    independent of the batching (per-sample seeds), so a resumed run regenerates exactly the same ones.
+    """
+    work = [t for t in targets if t.pending]
+    if not work:
+        return None
+    samples = [s for s in targets[0].samples if any(s.sample_id in t.pending for t in work)]
     start = time.perf_counter()
-    if pending:
-        gen = session.loaded()
-        with progress_bar(enabled=console.is_terminal) as progress:
-            alpha = "" if manifest["alpha_r"] is None else f" α_r={manifest['alpha_r']:.1f}"
-            task = progress.add_task(f"{spec.method} {manifest['split']}{alpha}", total=len(pending))
-            for i in range(0, len(pending), spec.batch_size):
-                batch = pending[i:i + spec.batch_size]
-                requests = [build_request(dataset, s, spec.seed, manifest["alpha_r"]) for s in batch]
-                results = gen.generate(requests)
-                if len(results) != len(batch):
-                    raise RuntimeError(f"{spec.method}: {len(results)} results for {len(batch)} requests")
-                for s, r in zip(batch, results, strict=True):
-                    if r.metadata:
-                        io.write_json(out / "meta" / f"{s.sample_id}.json", r.metadata)
-                    io.save_image(images / f"{s.sample_id}.png", io.to_rgb(r.image))
-                progress.advance(task, len(batch))
-    generate_s = time.perf_counter() - start
+    gen = session.loaded()
+    alpha = "" if len(work) > 1 or work[0].manifest["alpha_r"] is None else \
+        f" α_r={work[0].manifest['alpha_r']:.1f}"
+    what = f"{spec.method} {spec.split}{alpha}" + (f" ({len(work)} α_r)" if len(work) > 1 else "")
+    with progress_bar(enabled=console.is_terminal) as progress:
+        task = progress.add_task(what, total=sum(len(t.pending) for t in work))
+        for i in range(0, len(samples), spec.batch_size):
+            jobs, requests = [], []
+            for s in samples[i:i + spec.batch_size]:
+                request = build_request(dataset, s, spec.seed)
+                for t in work:
+                    if s.sample_id in t.pending:
+                        jobs.append((t, s.sample_id))
+                        requests.append(replace(request, alpha_r=t.manifest["alpha_r"]))
+            results = gen.generate(requests)
+            if len(results) != len(requests):
+                raise RuntimeError(f"{spec.method}: {len(results)} results for {len(requests)} requests")
+            for (t, sid), r in zip(jobs, results, strict=True):
+                if r.metadata:
+                    io.write_json(t.out / "meta" / f"{sid}.json", r.metadata)
+                io.save_image(t.out / "images" / f"{sid}.png", io.to_rgb(r.image))
+            progress.advance(task, len(jobs))
+    return (time.perf_counter() - start) / sum(len(t.pending) for t in work)
+
+
+def _close(target: _Target, session: MethodSession, per_image: float | None) -> dict[str, Any]:
+    """Write the target's final manifest; ``per_image``: seconds per image of the pass that filled it (a
+    sweep's α_r folders are filled together, so each records its share)."""
+    n, generated = len(target.samples), len(target.pending)
+    counts = {"n": n, "generated": generated, "skipped": n - generated}
+    if target.finished:  # finished earlier: leave it untouched
+        return {**target.old, "counts": counts}
+    old = target.old or {}
+    timings = old.get("timings")
+    if generated and per_image is not None:
+        timings = {"load_s": session.load_s, "generate_s": round(per_image * generated, 3),
+                   "s_per_image": round(per_image, 4)}
     final = {
-        **manifest,
+        **target.manifest,
         "versions": package_versions(),
-        "models": session.generator.describe() if session.load_s is not None else (old or {}).get("models"),
-        "timings": {"load_s": session.load_s, "generate_s": round(generate_s, 3),
-                    "s_per_image": round(generate_s / len(pending), 4) if pending else None},
-        "counts": {"n": len(samples), "generated": len(pending), "skipped": skipped},
-        "sample_ids": [s.sample_id for s in samples],
+        "models": session.generator.describe() if session.load_s is not None else old.get("models"),
+        "timings": timings,
+        "counts": counts,
+        "sample_ids": [s.sample_id for s in target.samples],
         "complete": True,
     }
-    io.write_json(out / "manifest.json", final)
+    io.write_json(target.out / "manifest.json", final)
     return final
 
 

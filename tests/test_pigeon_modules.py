@@ -141,3 +141,28 @@ def test_generation_is_seeded_and_visual_only() -> None:
     assert all(x.shape == (16,) and int(x.min()) >= 0 and int(x.max()) < SMALL.codebook_size for x in a)
     images = model.backbone.render(a, [1, 2])
     assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+
+def test_generation_does_not_depend_on_the_batch() -> None:
+    """A sweep sends one Example at several α_r in one batch: each row must equal its solo generation."""
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16))
+    exs = examples(2)
+    batch = model.generate([exs[0], exs[0], exs[1], exs[0]], [0.0, 0.5, 0.5, 1.0], [7, 7, 8, 7])
+    solo = [model.generate([ex], [a], [s])[0] for ex, a, s in
+            [(exs[0], 0.0, 7), (exs[0], 0.5, 7), (exs[1], 0.5, 8), (exs[0], 1.0, 7)]]
+    assert all(torch.equal(x, y) for x, y in zip(batch, solo, strict=True))
+    assert not torch.equal(batch[0], batch[2])  # other example, other seed: other tokens
+
+
+def test_sampling_follows_top_k_and_the_per_row_generator() -> None:
+    from pigeon.model import _sample
+
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0], [3.0, 0.0, 0.0, 2.0]])
+    gens = lambda s: [torch.Generator().manual_seed(s + i) for i in range(2)]  # noqa: E731
+    assert _sample(logits, gens(0), 0.0, 2) == [1, 0]  # greedy
+    draws = torch.tensor([_sample(logits, gens(s), 1.0, 2) for s in range(400)])
+    assert set(draws[:, 0].tolist()) == {1, 2} and set(draws[:, 1].tolist()) == {0, 3}  # top-2 only
+    share = (draws[:, 0] == 1).float().mean().item()  # softmax([5, 4]) gives token 1 p = 0.731
+    assert 0.66 < share < 0.80
+    assert _sample(logits, gens(3), 1.0, 2) == _sample(logits, gens(3), 1.0, 2)
+    assert _sample(logits[1:], gens(3)[1:], 1.0, 2) == _sample(logits, gens(3), 1.0, 2)[1:]

@@ -630,12 +630,21 @@ def human_eval_score(
     _emit(render_table2(score_responses(responses, key or [], seed=seed), fmt=fmt, paper=paper), out)
 
 
-
 def main() -> None:
-    """Console-script entry point: warnings print as one line each, once."""
+    """Console-script entry point: warnings print as one line each, each text once per process (libraries
+    that reset the warning filters cannot make a repeated warning, e.g. FID's n < 2048, print again)."""
+    import sys
     import warnings
 
-    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
     warnings.simplefilter("once", UserWarning)
     app()
 

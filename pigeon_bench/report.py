@@ -5,9 +5,9 @@ own numbers (results/paper/table1.csv) placed beside ours method by method. Over
 its components with :func:`pigeon_bench.metrics.overall`, never copied.
 
 Marking rule: per column, among the rows of one source (ours, or the paper's) outside the Reference and
-Sanity groups, the best value is bold and the second-best underlined. Values are compared as printed (after
-rounding), so rows that print the same number tie: every tied best row is bold and the next distinct value is
-underlined.
+Sanity groups, the best value is bold and the second-best underlined; a sweep's fixed-α_r rows are shown but
+not ranked when their method has a selection row. Values are compared as printed (after rounding), so rows
+that print the same number tie: every tied best row is bold and the next distinct value is underlined.
 """
 
 from __future__ import annotations
@@ -174,14 +174,16 @@ def format_value(x: float, digits: int) -> str:
 
 
 def marks(rows: Sequence[Row], metric: str) -> dict[int, str]:
-    """Row index -> "best" / "second" for one column; ranks each source apart, skips Reference/Sanity."""
+    """Row index -> "best" / "second" for one column; ranks each source apart, skips Reference/Sanity rows
+    and a sweep's fixed-α_r rows where the same method has a selection row (they are diagnostics)."""
     out: dict[int, str] = {}
     sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
+    skip = sweep_rows(rows)
     for source in {r.source for r in rows}:
         printed: dict[int, Decimal] = {}
         for i, r in enumerate(rows):
             text = format_value(r.mean.get(metric, float("nan")), DIGITS[metric])
-            if r.source == source and r.group not in UNRANKED_GROUPS and text != "-":
+            if r.source == source and r.group not in UNRANKED_GROUPS and i not in skip and text != "-":
                 printed[i] = Decimal(text)
         distinct = sorted(set(printed.values()), key=lambda v: -sign * v)
         for i, v in printed.items():
@@ -190,6 +192,13 @@ def marks(rows: Sequence[Row], metric: str) -> dict[int, str]:
             elif len(distinct) > 1 and v == distinct[1]:
                 out[i] = "second"
     return out
+
+
+def sweep_rows(rows: Sequence[Row]) -> set[int]:
+    """Indices of fixed-α_r rows whose method also has a selection row from the same source."""
+    selected = {(r.source, r.method) for r in rows if r.selection}
+    return {i for i, r in enumerate(rows)
+            if not r.selection and math.isfinite(r.alpha_r) and (r.source, r.method) in selected}
 
 
 @dataclass
@@ -306,8 +315,10 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
         out.append("")
         legend = []
         if t.marked:
-            legend.append("**bold**: best, <u>underlined</u>: second best (Reference and Sanity rows "
-                          "excluded; ours and the paper's ranked apart)")
+            unranked = "Reference and Sanity rows" + (" and fixed-α_r rows beside a selection"
+                                                       if sweep_rows(t.rows) else "")
+            legend.append(f"**bold**: best, <u>underlined</u>: second best ({unranked} excluded; ours and "
+                          "the paper's ranked apart)")
         if ci and any(r.source == "ours" for r in t.rows):
             legend.append("[lo, hi]: seeded bootstrap 95% CI")
         if any(r.source == "paper" for r in t.rows):

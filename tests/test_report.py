@@ -23,11 +23,13 @@ from pigeon_bench.report import (
     PAPER_DIR,
     TABLE1_COLUMNS,
     Row,
+    Table,
     build_ablation,
     build_report,
     format_value,
     marks,
     plot_sweeps,
+    render_markdown,
 )
 from pigeon_bench.schema import TINY_PROFILE_NOTICE
 
@@ -114,6 +116,20 @@ def test_marks_ties_reference_sources_and_direction():
     low = marks(rows, "p_lpips")  # lower is better
     assert low[3] == "best" and low[2] == "second" and 0 not in low
     assert marks([_row("x", 1.0), _row("y", 1.0)], "p_cis") == {0: "best", 1: "best"}
+
+
+def test_fixed_alpha_rows_beside_a_selection_are_not_ranked():
+    from dataclasses import replace
+
+    pigeon = _row("pigeon", 20.0, "LMM-based")
+    rows = [replace(pigeon, selection="test-time best of 11"),
+            replace(pigeon, mean={"p_cis": 30.0}, alpha_r=0.3),
+            _row("ti", 10.0), replace(_row("lavit", 25.0, "LMM-based"), alpha_r=0.5)]
+    # the α_r=0.3 row is Pigeon's own sweep (not ranked); LaVIT's fixed α_r run has no selection: ranked
+    assert marks(rows, "p_cis") == {3: "best", 0: "second"}
+    table = Table(title="Sticker", scenario="sticker", columns=("p_cis",), rows=rows)
+    assert "fixed-α_r rows beside a selection excluded" in render_markdown([table], ci=False)
+    assert "beside a selection" not in render_markdown([replace(table, rows=rows[2:])], ci=False)
 
 
 def test_report_of_runs_with_paper_rows_beside(world):

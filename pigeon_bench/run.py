@@ -487,6 +487,9 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print, scorer=None) 
 
     ``scorer``: a ready ``pigeon_bench.scoring.Scorer`` (default: one for the run's profile and device).
     """
+    if spec.limit is not None and spec.limit < 2:
+        raise UserError(f"run scores FID, which needs at least 2 samples: --limit must be 2 or more, "
+                        f"got {spec.limit}")
     data, profile = resolve_data(spec.scenario, spec.data, spec.profile)
     template = GenerateSpec(data=data, method="", limit=spec.limit, seed=spec.seed, profile=profile,
                             device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size)

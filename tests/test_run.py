@@ -313,6 +313,12 @@ def test_cli_run_unknown_scenario(cli, tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: unknown scenario 'comics'")
 
 
+def test_cli_run_refuses_limit_1_before_any_work(cli, tmp_path):
+    r = cli("run", "--scenario", "sticker", "--limit", "1", "--out", str(tmp_path / "out"))
+    assert r.exit_code == 2 and r.stderr.strip() == ("error: run scores FID, which needs at least 2 samples: "
+                                                     "--limit must be 2 or more, got 1")
+    assert not (tmp_path / "out").exists()
+
 
 # ---------------------------------------------------------------- pigeon-bench run
 

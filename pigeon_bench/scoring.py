@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
 ImageSource = str | Path | Image.Image
 FID_RECOMMENDED_N = 2048
 _MSSSIM_LRU_BYTES = 1 << 30  # MS-SSIM terms kept in memory: ~12 MB an image at 512 px, ~1.7 MB at 192
+_PIXELS_LRU_BYTES = 1 << 29  # decoded images, reused within one score_samples call
+_PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
 
 
 @dataclass
@@ -49,6 +51,16 @@ class SampleInputs:
 
 def _nbytes(stats: Fn.MsssimStats) -> int:
     return sum(t.nbytes for level in stats for t in level)
+
+
+def _file_key(src: str | Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime_ns): a rewritten file gets a new key, so its digest is recomputed."""
+    path = Path(src).resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        raise UserError(f"missing image: {src}") from None
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 class Scorer:
@@ -70,6 +82,9 @@ class Scorer:
         self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
         self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
         self._msssim_bytes = 0
+        self._file_digests: dict[tuple[str, int, int], str] = {}
+        self._pixels: OrderedDict[str, Image.Image] = OrderedDict()  # digest -> decoded (resized once used)
+        self._pixels_bytes = 0
 
     # ------------------------------------------------------------ features
 
@@ -94,7 +109,7 @@ class Scorer:
         with self._progress(f"{backbone.id} features", len(todo)) as advance:
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start:start + self.batch_size]
-                feats = backbone.encode([self.resize.apply(load_image(images[d])) for d in chunk])
+                feats = backbone.encode([self._image(d, images[d]) for d in chunk])
                 for i, d in enumerate(chunk):
                     own = {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in feats.items()}
                     self.store.put(ns, d, own)
@@ -118,16 +133,50 @@ class Scorer:
         return {t: self.store.get(ns, text_digest(t))["emb"] for t in unique}
 
     def _digests(self, sources: Sequence[ImageSource]) -> tuple[list[str], dict[str, ImageSource]]:
-        """Content digests of ``sources`` (each file decoded once) and digest -> one source of it."""
+        """Content digests of ``sources`` and digest -> one source of it.
+
+        A file is decoded only when its (resolved path, size, mtime_ns) is new to this Scorer; the decoded
+        image is kept for the backbones and MS-SSIM of the same call (``_image``).
+        """
         by_key: dict[object, str] = {}
         out, unique = [], {}
         for src in sources:
             key = str(src) if isinstance(src, str | Path) else id(src)
             if key not in by_key:
-                by_key[key] = image_digest(load_image(src))
-                unique.setdefault(by_key[key], src)
+                file_key = _file_key(src) if isinstance(src, str | Path) else None
+                digest = self._file_digests.get(file_key) if file_key else None
+                if digest is None:
+                    im = load_image(src)
+                    digest = image_digest(im)
+                    self._remember_pixels(digest, im)
+                    if file_key:
+                        self._file_digests[file_key] = digest
+                by_key[key] = digest
+                unique.setdefault(digest, src)
             out.append(by_key[key])
         return out, unique
+
+    def _remember_pixels(self, digest: str, im: Image.Image) -> None:
+        old = self._pixels.pop(digest, None)
+        if old is not None:
+            self._pixels_bytes -= len(old.mode) * old.width * old.height
+        self._pixels[digest] = im
+        self._pixels_bytes += len(im.mode) * im.width * im.height
+        while self._pixels_bytes > _PIXELS_LRU_BYTES and len(self._pixels) > 1:
+            _, evicted = self._pixels.popitem(last=False)
+            self._pixels_bytes -= len(evicted.mode) * evicted.width * evicted.height
+
+    def _image(self, digest: str, src: ImageSource) -> Image.Image:
+        """The resized RGB image of ``digest``: decoded at most once per score_samples call while it fits."""
+        im = self._pixels.get(digest)
+        if im is None:
+            im = load_image(src)
+        resized = self.resize.apply(im)
+        if resized is not im or digest not in self._pixels:
+            self._remember_pixels(digest, resized)
+        else:
+            self._pixels.move_to_end(digest)
+        return resized
 
     def clip_image_embeddings(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """(n, d) L2-normalised CLIP image embeddings (after the common resize), through the cache."""
@@ -135,21 +184,40 @@ class Scorer:
         self._ensure(self.backbones["clip"], unique)
         return self._stack(self.backbones["clip"], digests, "emb")
 
-    def _msssim_stats(self, digest: str, src: ImageSource) -> Fn.MsssimStats:
-        """An image's own MS-SSIM terms, in an in-memory LRU of 1 GiB (history images recur across runs).
+    def _msssim_terms(self, images: dict[str, ImageSource]) -> dict[str, Fn.MsssimStats]:
+        """Each image's own MS-SSIM terms, computed in batches for those missing from an in-memory LRU of
+        1 GiB (history images recur across runs).
 
         Not written to disk: at about 12 MB per 512 px image, writing them costs more than recomputing them.
         """
-        hit = self._msssim.get(digest)
-        if hit is None:
-            hit = Fn.msssim_stats(pixels([self.resize.apply(load_image(src))]))
-            self._msssim[digest] = hit
-            self._msssim_bytes += _nbytes(hit)
-            while self._msssim_bytes > _MSSSIM_LRU_BYTES and len(self._msssim) > 1:
-                self._msssim_bytes -= _nbytes(self._msssim.popitem(last=False)[1])
-        else:
-            self._msssim.move_to_end(digest)
-        return hit
+        todo = [d for d in images if d not in self._msssim]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            batch = Fn.msssim_stats(pixels([self._image(d, images[d]) for d in chunk]))
+            for i, d in enumerate(chunk):  # own copies: a slice would keep the whole batch alive
+                terms = [tuple(t[i:i + 1].clone() for t in level) for level in batch]
+                self._msssim[d] = terms
+                self._msssim_bytes += _nbytes(terms)
+        out = {}
+        for d in images:
+            self._msssim.move_to_end(d)
+            out[d] = self._msssim[d]
+        while self._msssim_bytes > _MSSSIM_LRU_BYTES and len(self._msssim) > len(out):
+            self._msssim_bytes -= _nbytes(self._msssim.popitem(last=False)[1])
+        return out
+
+    def _pairwise(self, gen_d: Sequence[str], hist_d: Sequence[str], per_image_bytes: int,
+                  score: Callable[[list[str], list[str]], torch.Tensor]) -> np.ndarray:
+        """(n,) mean over each sample's k history images of ``score(generated digests, history digests)``, a
+        vectorised pair score, in blocks of samples bounded by ``_PAIR_CHUNK_BYTES``."""
+        n = len(gen_d)
+        k = len(hist_d) // n
+        step = max(1, _PAIR_CHUNK_BYTES // max(1, 2 * k * per_image_bytes))
+        out = []
+        for start in range(0, n, step):
+            gens = [g for g in gen_d[start:start + step] for _ in range(k)]
+            out.append(score(gens, list(hist_d[start * k:(start + step) * k])).reshape(-1, k))
+        return torch.cat(out).double().mean(1).numpy()
 
     # ------------------------------------------------------------ scoring
 
@@ -188,18 +256,28 @@ class Scorer:
         cols["p_cs"] = Fn.cosine_100(g[:, None, :], ht).mean(1).numpy()
         cols["a_cs"] = Fn.cosine_100(g, rt).numpy()
 
-        lp, ms = np.empty(n), np.empty(n)
-        ns = self._namespace(b["lpips-vgg"])
-        for i in range(n):
-            hd = hist_d[i * k:(i + 1) * k]
-            gm = self.store.get(ns, gen_d[i])
-            hm = [self.store.get(ns, d) for d in hd]
-            names = b["lpips-vgg"].outputs
-            lp[i] = Fn.lpips_from_maps([gm[x][None] for x in names],
-                                       [torch.stack([m[x] for m in hm]) for x in names]).mean().item()
-            gs = self._msssim_stats(gen_d[i], gen_u[gen_d[i]])
-            ms[i] = np.mean([Fn.ms_ssim_from_stats(gs, self._msssim_stats(d, hist_u[d])).item() for d in hd])
-        cols["p_lpips"], cols["p_msssim"] = lp, ms
+        vgg = b["lpips-vgg"]
+        ns = self._namespace(vgg)
+
+        def lpips_pairs(g: list[str], h: list[str]) -> torch.Tensor:
+            maps = {d: self.store.get(ns, d) for d in dict.fromkeys([*g, *h])}
+            return Fn.lpips_from_maps([torch.stack([maps[d][x] for d in g]) for x in vgg.outputs],
+                                      [torch.stack([maps[d][x] for d in h]) for x in vgg.outputs])
+
+        sources = {**hist_u, **gen_u}
+
+        def msssim_pairs(g: list[str], h: list[str]) -> torch.Tensor:
+            terms = self._msssim_terms({d: sources[d] for d in dict.fromkeys([*g, *h])})
+            return Fn.ms_ssim_from_stats(Fn.cat_msssim_stats([terms[d] for d in g]),
+                                         Fn.cat_msssim_stats([terms[d] for d in h]))
+
+        # bytes per image of a block: fp16 maps + their fp32 difference; MS-SSIM terms + the pair temporaries
+        map_bytes = 3 * sum(t.nbytes for t in self.store.get(ns, gen_d[0]).values())
+        cols["p_lpips"] = self._pairwise(gen_d, hist_d, map_bytes, lpips_pairs)
+        first = self._msssim_terms({gen_d[0]: gen_u[gen_d[0]]})[gen_d[0]]
+        cols["p_msssim"] = self._pairwise(gen_d, hist_d, 2 * _nbytes(first), msssim_pairs)
+        self._pixels.clear()  # decoded images are reused within one call only
+        self._pixels_bytes = 0
 
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
         for m in PER_SAMPLE_METRICS:
@@ -224,8 +302,8 @@ class Scorer:
             lo, hi = stats.bootstrap_ci(values, self.n_boot, self.seed, level)
             metrics[m] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi}
         fid_of = Fn.paired_fid(fid_gen, fid_ref)
-        lo, hi = stats.bootstrap_ci(np.arange(n)[:, None], self.n_boot, self.seed, level,
-                                    statistic=lambda rows: fid_of(rows[:, 0].astype(np.int64)))
+        lo, hi = stats.bootstrap_ci(np.arange(n), self.n_boot, self.seed, level,
+                                    statistic=lambda rows: fid_of(rows.astype(np.int64)))
         metrics["fid"] = {"mean": fid_of(np.arange(n)), "lo": lo, "hi": hi}
         return {
             "profile": self.profile,

@@ -27,14 +27,17 @@ def bootstrap_indices(n: int, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> np
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95,
-                 statistic: Callable[[np.ndarray], float] | None = None) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic`` (default: the mean) over the rows of ``values``."""
+                 statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` (default: the mean) over the rows of ``values``.
+
+    ``statistic`` is vectorised: it maps all resamples at once, (n_boot, n, ...) rows -> (n_boot,) values.
+    """
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n == 0:
         return (float("nan"), float("nan"))
-    idx = bootstrap_indices(n, n_boot, seed)
-    stats = values[idx].mean(axis=1) if statistic is None else np.array([statistic(values[i]) for i in idx])
+    resampled = values[bootstrap_indices(n, n_boot, seed)]
+    stats = resampled.mean(axis=1) if statistic is None else np.asarray(statistic(resampled), np.float64)
     return percentile_interval(stats, level)
 
 

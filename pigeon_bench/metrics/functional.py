@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,42 +37,59 @@ _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 MsssimStats = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
+_FID_CHUNK = 1 << 22  # resamples x n x n float64 per block of the vectorised FID bootstrap (32 MB)
+
+
+@functools.lru_cache(maxsize=8)
 def _msssim_window(channels: int) -> torch.Tensor:
     from pytorch_msssim.ssim import _fspecial_gauss_1d
 
     return _fspecial_gauss_1d(11, 1.5).repeat(channels, 1, 1, 1)
 
 
-def msssim_stats(x: torch.Tensor) -> MsssimStats:
-    """Per-image MS-SSIM terms of (n, C, H, W) 0-255 images, per level: (image, mu, sigma^2).
+def gaussian_blur(x: torch.Tensor) -> torch.Tensor:
+    """pytorch_msssim's own ``gaussian_filter`` with its default window, on a batch (n, C, H, W), in
+    channels-last memory.
 
-    These are the parts of pytorch_msssim's computation that depend on one image only, computed with its own
-    ``gaussian_filter``; ``ms_ssim_from_stats`` adds the pair term. Each image's terms are computed once
-    however many pairs it is in (a generated image has 5, a history image is shared across samples).
+    Its grouped conv2d gives bit-identical rows whatever the batch size and memory format, so batching pairs
+    changes no score; channels-last runs it ~3x faster on CPU (measured at 192 px). Two dense banded
+    matmuls were measured 2.3x faster than the contiguous conv at 192 px but differ from pytorch_msssim by up
+    to 2.3e-6 in MS-SSIM, beyond the 1e-6 parity tolerance, so they are not used.
     """
     from pytorch_msssim.ssim import gaussian_filter
 
-    x = x.float()
-    win = _msssim_window(x.shape[1])
+    return gaussian_filter(x.contiguous(memory_format=torch.channels_last), _msssim_window(x.shape[1]))
+
+
+def msssim_stats(x: torch.Tensor) -> MsssimStats:
+    """Per-image MS-SSIM terms of (n, C, H, W) 0-255 images, per level: (image, mu, sigma^2).
+
+    These are the parts of pytorch_msssim's computation that depend on one image only; ``ms_ssim_from_stats``
+    adds the pair term. Each image's terms are computed once however many pairs it is in (a generated image
+    has 5, a history image is shared across samples).
+    """
+    x = x.float().contiguous(memory_format=torch.channels_last)  # every level and term stays channels-last
     levels = []
     for i in range(len(MSSSIM_WEIGHTS)):
-        mu = gaussian_filter(x, win)
-        levels.append((x, mu, gaussian_filter(x * x, win) - mu.pow(2)))
+        mu = gaussian_blur(x)
+        levels.append((x, mu, gaussian_blur(x * x) - mu.pow(2)))
         if i < len(MSSSIM_WEIGHTS) - 1:
             x = F.avg_pool2d(x, kernel_size=2, padding=[s % 2 for s in x.shape[2:]])
     return levels
 
 
+def cat_msssim_stats(items: Sequence[MsssimStats]) -> MsssimStats:
+    """Several images' (or batches') terms as one batch, level by level."""
+    return [tuple(torch.cat(parts) for parts in zip(*level, strict=True))
+            for level in zip(*items, strict=True)]
+
+
 def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
     """pytorch_msssim.ms_ssim (data_range=255) of matching rows (broadcasting) from ``msssim_stats``."""
-    from pytorch_msssim.ssim import gaussian_filter
-
-    win = _msssim_window(a[0][0].shape[1])
     mcs = []
     for i, ((xa, mua, sa), (xb, mub, sb)) in enumerate(zip(a, b, strict=True)):
-        xa, xb = torch.broadcast_tensors(xa, xb)
         mu12 = mua * mub
-        cs_map = (2 * (gaussian_filter(xa * xb, win) - mu12) + _C2) / (sa + sb + _C2)
+        cs_map = (2 * (gaussian_blur(xa * xb) - mu12) + _C2) / (sa + sb + _C2)
         if i < len(a) - 1:
             mcs.append(torch.relu(torch.flatten(cs_map, 2).mean(-1)))
         else:
@@ -81,23 +99,22 @@ def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
     return torch.prod(torch.stack(mcs) ** weights, dim=0).mean(1)
 
 
-def _weighted_fid_terms(g_aa: np.ndarray, g_bb: np.ndarray, g_ab: np.ndarray, c: np.ndarray) -> float:
-    """FID of paired feature sets given their Gram matrices and row counts ``c`` (bootstrap weights)."""
-    n = c.sum()
-    keep = c > 0
-    c = c[keep].astype(np.float64)
-    g_aa, g_bb, g_ab = g_aa[np.ix_(keep, keep)], g_bb[np.ix_(keep, keep)], g_ab[np.ix_(keep, keep)]
-    ra, rb = g_aa @ c / n, g_bb @ c / n  # x_i . mu
-    mm_aa, mm_bb = c @ ra / n, c @ rb / n  # ||mu||^2
-    r_ab, s_ab = g_ab @ c / n, c @ g_ab / n  # a_i . mu_b, mu_a . b_j
-    mm_ab = c @ r_ab / n
+def _weighted_fid(g_aa: np.ndarray, g_bb: np.ndarray, g_ab: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """FIDs of paired feature sets from their Gram matrices, one per row of counts ``c`` (B, n) (bootstrap
+    weights). A row left out has weight 0, so its row and column of the centred cross matrix are zero and add
+    no singular value: no subsetting is needed and all rows are solved in one batched SVD."""
+    n = c.sum(1)
+    ra, rb = c @ g_aa / n[:, None], c @ g_bb / n[:, None]  # x_i . mu (Gram matrices are symmetric)
+    mm_aa, mm_bb = (c * ra).sum(1) / n, (c * rb).sum(1) / n  # ||mu||^2
+    r_ab, s_ab = c @ g_ab.T / n[:, None], c @ g_ab / n[:, None]  # a_i . mu_b, mu_a . b_j
+    mm_ab = (c * r_ab).sum(1) / n
     tr_a = (c @ np.diag(g_aa) - n * mm_aa) / (n - 1)
     tr_b = (c @ np.diag(g_bb) - n * mm_bb) / (n - 1)
-    centred = g_ab - r_ab[:, None] - s_ab[None, :] + mm_ab
+    centred = g_ab[None] - r_ab[:, :, None] - s_ab[:, None, :] + mm_ab[:, None, None]
     sq = np.sqrt(c)
-    m = sq[:, None] * centred * sq[None, :] / (n - 1)
-    tr_sqrt = np.linalg.svd(m, compute_uv=False).sum()
-    return float(mm_aa + mm_bb - 2 * mm_ab + tr_a + tr_b - 2 * tr_sqrt)
+    m = sq[:, :, None] * centred * sq[:, None, :] / (n - 1)[:, None, None]
+    tr_sqrt = np.linalg.svd(m, compute_uv=False).sum(-1)
+    return mm_aa + mm_bb - 2 * mm_ab + tr_a + tr_b - 2 * tr_sqrt
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,15 +142,30 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_sqrt)
 
 
-def paired_fid(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray], float]:
-    """f(indices) = FID of a[indices] vs b[indices] (row i of a pairs with row i of b), for bootstrapping.
+def paired_fid(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """f(indices (B, n)) = FID of a[row] vs b[row] for each row (row i of a pairs with row i of b), for
+    bootstrapping; a 1-d index array gives a float.
 
-    When n <= d the Gram matrices are computed once and each call only re-weights them (exact).
+    When n <= d the Gram matrices are computed once and each resample only re-weights them (exact), in
+    batches of resamples; otherwise each resample is a ``frechet_distance``.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     n = len(a)
-    if n > a.shape[1]:
-        return lambda idx: frechet_distance(a[idx], b[idx])
-    g_aa, g_bb, g_ab = a @ a.T, b @ b.T, a @ b.T
-    return lambda idx: _weighted_fid_terms(g_aa, g_bb, g_ab, np.bincount(idx, minlength=n))
+    grams = (a @ a.T, b @ b.T, a @ b.T) if n <= a.shape[1] else None
+
+    def fid_of(idx: np.ndarray) -> np.ndarray | float:
+        rows = np.atleast_2d(np.asarray(idx, dtype=np.int64))
+        if grams is None:
+            out = np.array([frechet_distance(a[r], b[r]) for r in rows])
+        else:
+            out = np.empty(len(rows))
+            step = max(1, _FID_CHUNK // (n * n))
+            for start in range(0, len(rows), step):
+                block = rows[start:start + step]
+                flat = (block + n * np.arange(len(block))[:, None]).ravel()
+                counts = np.bincount(flat, minlength=len(block) * n).reshape(len(block), n).astype(np.float64)
+                out[start:start + step] = _weighted_fid(*grams, counts)
+        return float(out[0]) if np.ndim(idx) == 1 else out
+
+    return fid_of

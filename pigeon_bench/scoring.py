@@ -208,15 +208,13 @@ class Scorer:
 
     def _pairwise(self, gen_d: Sequence[str], hist_d: Sequence[str], per_image_bytes: int,
                   score: Callable[[list[str], list[str]], torch.Tensor]) -> np.ndarray:
-        """(n,) mean over each sample's k history images of ``score(generated digests, history digests)``, a
-        vectorised pair score, in blocks of samples bounded by ``_PAIR_CHUNK_BYTES``."""
+        """(n,) mean over each sample's k history images of a vectorised pair score, ``score(m generated
+        digests, m * k history digests) -> (m, k)``, in blocks of m samples (bounded by _PAIR_CHUNK_BYTES)."""
         n = len(gen_d)
         k = len(hist_d) // n
         step = max(1, _PAIR_CHUNK_BYTES // max(1, 2 * k * per_image_bytes))
-        out = []
-        for start in range(0, n, step):
-            gens = [g for g in gen_d[start:start + step] for _ in range(k)]
-            out.append(score(gens, list(hist_d[start * k:(start + step) * k])).reshape(-1, k))
+        out = [score(list(gen_d[start:start + step]), list(hist_d[start * k:(start + step) * k]))
+               for start in range(0, n, step)]
         return torch.cat(out).double().mean(1).numpy()
 
     # ------------------------------------------------------------ scoring
@@ -261,15 +259,16 @@ class Scorer:
 
         def lpips_pairs(g: list[str], h: list[str]) -> torch.Tensor:
             maps = {d: self.store.get(ns, d) for d in dict.fromkeys([*g, *h])}
-            return Fn.lpips_from_maps([torch.stack([maps[d][x] for d in g]) for x in vgg.outputs],
-                                      [torch.stack([maps[d][x] for d in h]) for x in vgg.outputs])
+            return Fn.lpips_from_maps(
+                [torch.stack([maps[d][x] for d in g])[:, None] for x in vgg.outputs],
+                [torch.stack([maps[d][x] for d in h]).unflatten(0, (len(g), k)) for x in vgg.outputs])
 
         sources = {**hist_u, **gen_u}
 
         def msssim_pairs(g: list[str], h: list[str]) -> torch.Tensor:
             terms = self._msssim_terms({d: sources[d] for d in dict.fromkeys([*g, *h])})
-            return Fn.ms_ssim_from_stats(Fn.cat_msssim_stats([terms[d] for d in g]),
-                                         Fn.cat_msssim_stats([terms[d] for d in h]))
+            return Fn.ms_ssim_from_stats(Fn.cat_msssim_stats([terms[d] for d in g for _ in range(k)]),
+                                         Fn.cat_msssim_stats([terms[d] for d in h])).reshape(len(g), k)
 
         # bytes per image of a block: fp16 maps + their fp32 difference; MS-SSIM terms + the pair temporaries
         map_bytes = 3 * sum(t.nbytes for t in self.store.get(ns, gen_d[0]).values())

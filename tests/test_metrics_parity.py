@@ -43,6 +43,14 @@ def test_paired_fid_resampling_is_exact():
     assert fid_of(np.arange(40)) == pytest.approx(Fn.frechet_distance(a, b), rel=1e-9)
     idx = np.random.default_rng(5).integers(0, 40, 40)
     assert fid_of(idx) == pytest.approx(Fn.frechet_distance(a[idx], b[idx]), rel=1e-9)
+    # all resamples at once (zero weights instead of subsets, one batched SVD) equal one FID per resample
+    rows = np.random.default_rng(6).integers(0, 40, (300, 40))
+    expected = np.array([Fn.frechet_distance(a[r], b[r]) for r in rows])
+    np.testing.assert_allclose(fid_of(rows), expected, rtol=1e-9)
+    # more rows than dimensions: the per-resample path, same signature
+    wide_of = Fn.paired_fid(a[:, :8], b[:, :8])
+    np.testing.assert_allclose(wide_of(rows[:5]), [Fn.frechet_distance(a[r, :8], b[r, :8]) for r in rows[:5]],
+                               rtol=1e-9)
 
 
 def test_fid_pipeline_matches_torchmetrics_with_the_same_extractor():
@@ -103,6 +111,22 @@ def test_msssim_from_per_image_terms_matches_pytorch_msssim():
     expected = ms_ssim(gen.expand_as(hist), hist, data_range=255, size_average=False)
     got = Fn.ms_ssim_from_stats(Fn.msssim_stats(gen), Fn.msssim_stats(hist))  # broadcasts 1 against 3
     assert expected.min() > 0.05
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_batched_msssim_pairs_match_pytorch_msssim_per_pair():
+    from pytorch_msssim import ms_ssim
+
+    rng = np.random.default_rng(1)
+    ims = torch.from_numpy(rng.integers(0, 256, (5, 3, 170, 180))).float()
+    ims[3:] = (ims[:2] * 0.7 + 40).round()  # some similar pairs
+    terms = [Fn.msssim_stats(ims[i:i + 1]) for i in range(5)]  # one image at a time, as the LRU keeps them
+    pairs = [(0, 3), (0, 4), (1, 3), (2, 4), (1, 1)]
+    got = Fn.ms_ssim_from_stats(Fn.cat_msssim_stats([terms[i] for i, _ in pairs]),
+                                Fn.cat_msssim_stats([terms[j] for _, j in pairs]))
+    expected = torch.cat([ms_ssim(ims[i:i + 1], ims[j:j + 1], data_range=255, size_average=False)
+                          for i, j in pairs])
+    assert expected.min() > 0.01 and expected.max() == pytest.approx(1.0)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 

@@ -4,6 +4,7 @@ the cache (warm pass, content addressing, kill-safety), summary schema, edge inp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,50 @@ def test_msssim_matches_pytorch_msssim_on_resized_images(world, scored):
     hist = torch.stack([t(_resized(ds / "img" / f"{(1 + j) % 9}.png")) for j in range(5)])
     expected = ms_ssim(gen[None].expand_as(hist), hist, data_range=255, size_average=False).mean().item()
     assert df.loc["s1", "p_msssim"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, scored, monkeypatch):
+    from pytorch_msssim import ms_ssim
+
+    from pigeon_bench import scoring
+
+    scorer, _, _ = scored
+    ds, run = world
+    df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
+
+    def t(im):
+        return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
+
+    for s in range(4):  # all pairs of all samples were scored in one vectorised block
+        gen = t(_resized(run / "images" / f"s{s}.png"))
+        hist = torch.stack([t(_resized(ds / "img" / f"{(s + j) % 9}.png")) for j in range(5)])
+        expected = ms_ssim(gen[None].expand_as(hist), hist, data_range=255, size_average=False).mean().item()
+        assert df.loc[f"s{s}", "p_msssim"] == pytest.approx(expected, abs=1e-6)
+    monkeypatch.setattr(scoring, "_PAIR_CHUNK_BYTES", 1)  # one sample per block
+    with pytest.warns(UserWarning):
+        again = scorer.score_run(run)
+    assert again["metrics"]["p_msssim"]["mean"] == pytest.approx(df["p_msssim"].mean(), abs=1e-12)
+    assert again["metrics"]["p_lpips"]["mean"] == pytest.approx(df["p_lpips"].mean(), abs=1e-9)
+
+
+def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(tmp_path, monkeypatch):
+    from pigeon_bench import scoring
+
+    scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    path = tmp_path / "g.png"
+    io.save_image(path, _drawing(1))
+    first = scorer.clip_image_embeddings([path])
+    decoded = []
+    monkeypatch.setattr(scoring, "load_image", lambda src: decoded.append(src) or io.load_rgb(src))
+    torch.testing.assert_close(scorer.clip_image_embeddings([path]), first)
+    assert decoded == []  # same path, size and mtime: the memoised digest, features from the cache
+    before = scorer.forward_counts()["clip"]
+    io.save_image(path, _drawing(2))  # rewritten in place; make sure the clock moved
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    changed = scorer.clip_image_embeddings([path])
+    assert decoded == [path] and scorer.forward_counts()["clip"] == before + 1
+    assert not torch.allclose(changed, first)
 
 
 def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from pigeon_bench.metrics import overall
-from pigeon_bench.stats import bootstrap_ci, cluster_bootstrap_mean, holm, paired_bootstrap, paired_test
+from pigeon_bench.stats import (
+    bootstrap_ci,
+    bootstrap_indices,
+    cluster_bootstrap_mean,
+    holm,
+    paired_bootstrap,
+    paired_test,
+)
 
 
 def test_bootstrap_ci_is_reproducible_with_a_seed():
@@ -16,6 +23,22 @@ def test_bootstrap_ci_is_reproducible_with_a_seed():
     assert bootstrap_ci(x, n_boot=500, seed=4) != a
     lo, hi = a
     assert lo < x.mean() < hi
+
+
+def test_bootstrap_ci_statistic_is_vectorised_over_resamples():
+    x = np.random.default_rng(2).normal(0, 1, 30)
+    seen = []
+
+    def median(rows: np.ndarray) -> np.ndarray:
+        seen.append(rows.shape)
+        return np.median(rows, axis=1)
+
+    lo, hi = bootstrap_ci(x, n_boot=400, seed=1, statistic=median)
+    assert seen == [(400, 30)]  # one call for all resamples
+    idx = bootstrap_indices(30, 400, 1)
+    expected = np.percentile([np.median(x[i]) for i in idx], [2.5, 97.5])
+    assert (lo, hi) == pytest.approx(tuple(expected))
+    assert bootstrap_ci(x, n_boot=400, seed=1) != (lo, hi)
 
 
 def test_paired_test_known_case_is_exact():

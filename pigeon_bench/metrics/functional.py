@@ -22,10 +22,11 @@ def lpips_from_maps(maps_a: list[torch.Tensor], maps_b: list[torch.Tensor]) -> t
 
     With a_l = sqrt(w_l) * a_l / ||a_l||_channels (and b_l alike), LPIPS = sum_l mean_hw ||a_l - b_l||^2,
     which equals lpips.LPIPS's sum_l spatial_average(lin_l((a_l - b_l)^2)) for non-negative lin weights.
+    Maps are (..., C, H, W) and broadcast against each other (e.g. (m, 1, C, H, W) against (m, k, C, H, W)).
     """
     total = None
     for a, b in zip(maps_a, maps_b, strict=True):
-        d = (a.float() - b.float()).pow(2).sum(1).mean((-2, -1))
+        d = (a.float() - b.float()).pow(2).sum(-3).mean((-2, -1))
         total = d if total is None else total + d
     return total
 

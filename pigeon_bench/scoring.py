@@ -166,6 +166,11 @@ class Scorer:
             _, evicted = self._pixels.popitem(last=False)
             self._pixels_bytes -= len(evicted.mode) * evicted.width * evicted.height
 
+    def _release_pixels(self) -> None:
+        """Drop the decoded images: they are reused within one public call only."""
+        self._pixels.clear()
+        self._pixels_bytes = 0
+
     def _image(self, digest: str, src: ImageSource) -> Image.Image:
         """The resized RGB image of ``digest``: decoded at most once per score_samples call while it fits."""
         im = self._pixels.get(digest)
@@ -182,6 +187,7 @@ class Scorer:
         """(n, d) L2-normalised CLIP image embeddings (after the common resize), through the cache."""
         digests, unique = self._digests(images)
         self._ensure(self.backbones["clip"], unique)
+        self._release_pixels()
         return self._stack(self.backbones["clip"], digests, "emb")
 
     def _msssim_terms(self, images: dict[str, ImageSource]) -> dict[str, Fn.MsssimStats]:
@@ -275,8 +281,7 @@ class Scorer:
         cols["p_lpips"] = self._pairwise(gen_d, hist_d, map_bytes, lpips_pairs)
         first = self._msssim_terms({gen_d[0]: gen_u[gen_d[0]]})[gen_d[0]]
         cols["p_msssim"] = self._pairwise(gen_d, hist_d, 2 * _nbytes(first), msssim_pairs)
-        self._pixels.clear()  # decoded images are reused within one call only
-        self._pixels_bytes = 0
+        self._release_pixels()
 
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
         for m in PER_SAMPLE_METRICS:

@@ -294,13 +294,13 @@ def finetune_llava(
             )
         )
         model.requires_grad_(False)
+        torch.manual_seed(seed)  # the LoRA initialisation, then training, depend on the seed only
         model = get_peft_model(
             model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
         )
         params = [p for p in model.parameters() if p.requires_grad]
         optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         losses: list[float] = []
-        torch.manual_seed(seed)
         model.train()
         with progress_bar() as progress:
             task = progress.add_task("fine-tuning LLaVA (LoRA)", total=n_steps)

@@ -152,8 +152,10 @@ class PigeonModel(nn.Module):
         bb = self.backbone
         h_masks, r_masks = self.masks(examples, alpha_r, training, alpha_h)
         kept = [ex.reference[m > 0.5] for ex, m in zip(examples, r_masks, strict=True)]
-        r_t = textual_tokens(bb, [ex.caption for ex in examples]) if cfg.textual_tokens else None
-        r_v = visual_features(bb, self.adapter, kept) if cfg.visual_feature else None
+        # without encoding the prompt holds the masked reference tokens themselves, not r_t / r_v
+        captions = [ex.caption for ex in examples]
+        r_t = textual_tokens(bb, captions) if cfg.encoding and cfg.textual_tokens else None
+        r_v = visual_features(bb, self.adapter, kept) if cfg.encoding and cfg.visual_feature else None
         out = []
         for b, ex in enumerate(examples):
             with torch.no_grad():

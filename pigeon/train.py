@@ -169,7 +169,9 @@ def train_sft(spec: TrainSpec, backbone: Backbone | None = None) -> dict[str, An
 def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
     out = Path(spec.out)
     bb = backbone or backbone_for(spec.backbone, spec.data, spec.device, **spec.backbone_options)
-    model = PigeonModel(bb, spec.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)  # initial mask generator, adapter and LoRA: from the seed only
+        model = PigeonModel(bb, spec.config)
     params = model.set_trainable(spec.trainable)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     from pigeon.tiny import dataset_key

@@ -86,6 +86,20 @@ def test_finetune_llava_command_and_its_lora_in_llava(tiny_models, tiny_dataset,
     assert torch.equal(dict(tuned.model.named_parameters())[vision], dict(base.named_parameters())[vision])
 
 
+def test_finetune_llava_depends_on_its_seed_only(tiny_models, tiny_dataset, tmp_path) -> None:  # noqa: F811
+    """The LoRA's random initialisation must not depend on what the process drew before (run order)."""
+    from baselines.llava import finetune_llava
+
+    outs = []
+    for i, draws in enumerate((0, 5)):
+        torch.rand(draws)
+        outs.append(tmp_path / f"lora{i}")
+        finetune_llava(tiny_dataset, outs[-1], base=str(tiny_models["llava"]), profile="tiny", steps=2,
+                       lr=0.01, captioner_ref=str(tiny_models["blip2"]))
+    a, b = ((o / "adapter_model.safetensors").read_bytes() for o in outs)
+    assert a == b
+
+
 def test_llava_fine_tunes_from_data_option_once(tiny_models, tiny_dataset) -> None:  # noqa: F811
     gen = LlavaFinetuned(
         profile="tiny", data_dir=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)

@@ -86,6 +86,17 @@ def test_sft_checkpoint_round_trip_and_resume(dataset: Path, backbone_dir: Path,
         train_sft(spec(dataset, backbone_dir, out, steps=4, lr=1e-3))
 
 
+def test_sft_initialisation_depends_on_the_seed_only(dataset: Path, backbone_dir: Path, tmp_path: Path
+                                                     ) -> None:
+    """The same spec trains the same checkpoint whatever the process drew from the global RNG before."""
+    weights = []
+    for i, draws in enumerate((0, 5)):
+        torch.rand(draws)
+        train_sft(spec(dataset, backbone_dir, tmp_path / f"sft{i}"))
+        weights.append((tmp_path / f"sft{i}" / "pigeon.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+
+
 def test_checkpoint_save_load_is_exact_and_checks_the_backbone(tmp_path: Path) -> None:
     bb = small_backbone()
     model = PigeonModel(bb, PigeonConfig(adapter_hidden=16))

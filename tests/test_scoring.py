@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pigeon_bench import io
+from pigeon_bench import io, stats
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
+from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics import overall
 from pigeon_bench.metrics.preprocess import ResizeSpec
 from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
@@ -189,6 +190,28 @@ def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(t
     changed = scorer.clip_image_embeddings([path])
     assert decoded == [path] and scorer.forward_counts()["clip"] == before + 1
     assert not torch.allclose(changed, first)
+
+
+def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored):
+    import warnings as w
+
+    from pigeon_bench import scoring
+
+    scorer = scored[0]
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"sample_id": [f"s{i}" for i in range(12)],
+                       **{m: rng.normal(size=12) for m in PER_SAMPLE_METRICS}})
+    gen, ref = rng.normal(size=(12, 4)), rng.normal(1.0, 1.0, size=(12, 4))
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        big = scorer.summarize(df, gen, ref)  # n = 12 > d = 4
+        small = scorer.summarize(df.iloc[:3], gen[:3], ref[:3])  # n = 3 <= d: every resample
+    assert big["bootstrap"]["fid_n_boot"] == min(scorer.n_boot, scoring.FID_MAX_BOOT_LARGE_N) == 100
+    assert any("FID's CI from 100 resamples" in str(c.message) for c in caught)
+    idx = stats.bootstrap_indices(12, 100, scorer.seed)
+    want = np.percentile([Fn.frechet_distance(gen[i], ref[i]) for i in idx], [2.5, 97.5])
+    assert (big["metrics"]["fid"]["lo"], big["metrics"]["fid"]["hi"]) == pytest.approx(tuple(want), rel=1e-9)
+    assert "fid_n_boot" not in small["bootstrap"]
 
 
 def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):

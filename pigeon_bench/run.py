@@ -242,9 +242,9 @@ def _fill(targets: list[_Target], session: MethodSession, dataset: Dataset, spec
     samples = [s for s in targets[0].samples if any(s.sample_id in t.pending for t in work)]
     start = time.perf_counter()
     gen = session.loaded()
-    alpha = "" if len(work) > 1 or work[0].manifest["alpha_r"] is None else \
-        f" α_r={work[0].manifest['alpha_r']:.1f}"
-    what = f"{spec.method} {spec.split}{alpha}" + (f" ({len(work)} α_r)" if len(work) > 1 else "")
+    alphas = [t.manifest["alpha_r"] for t in work if t.manifest["alpha_r"] is not None]
+    what = f"{spec.method} {spec.split}" + (f" α_r={alphas[0]:.1f}" if len(alphas) == 1 else
+                                           f" ({len(alphas)} α_r)" if alphas else "")
     with progress_bar(enabled=console.is_terminal) as progress:
         task = progress.add_task(what, total=sum(len(t.pending) for t in work))
         for i in range(0, len(samples), spec.batch_size):

@@ -49,12 +49,7 @@ class LlavaPretrained(models.BaselineGenerator):
     accepted_options = (
         "llava",
         "sdxl",
-        "captioner",
-        "reference_text",
-        "steps",
-        "size",
-        "guidance",
-        "batch_size",
+        *models.RENDER_OPTIONS,
         "max_new_tokens",
     )
     defaults: ClassVar[dict[str, dict[str, Any]]] = {
@@ -119,13 +114,8 @@ class LlavaPretrained(models.BaselineGenerator):
             for start in range(0, len(requests), self.opt("batch_size")):
                 part = slice(start, start + self.opt("batch_size"))
                 prompts += self.write_prompts(requests[part], captions[part])
-            images = models.render(
-                self.pipe,
-                [r.seed for r in requests],
-                self.opt("steps"),
-                self.opt("size"),
-                self.opt("guidance"),
-                self.opt("batch_size"),
+            images = self.render(
+                requests,
                 prompt=prompts,
             )
         return [

@@ -347,10 +347,19 @@ def compute_threads(profile: str, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# Options of every baseline that captions its reference and draws with a diffusion pipeline (``render``).
+RENDER_OPTIONS = ("captioner", "reference_text", "steps", "size", "guidance", "batch_size")
+
+
 class BaselineGenerator(Generator):
     """Options with per-profile defaults (strings from the command line are cast to the default's type)."""
 
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # {"tiny": {...}, "paper": {...}}
+
+    def render(self, requests: list[GenerationRequest], **conditioning: Any) -> list[Image.Image]:
+        """``render`` through this method's pipeline with its steps/size/guidance/batch_size options."""
+        return render(self.pipe, [r.seed for r in requests], self.opt("steps"), self.opt("size"),
+                      self.opt("guidance"), self.opt("batch_size"), **conditioning)
 
     def captioner(self):
         """This method's captioner (option ``captioner``), created on first use and kept."""

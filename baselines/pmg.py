@@ -95,12 +95,7 @@ class PMG(models.BaselineGenerator):
     accepted_options = (
         "sd",
         "llm",
-        "captioner",
-        "reference_text",
-        "steps",
-        "size",
-        "guidance",
-        "batch_size",
+        *models.RENDER_OPTIONS,
         "max_new_tokens",
         "adapter",
         "data_dir",
@@ -221,13 +216,8 @@ class PMG(models.BaselineGenerator):
             references, histories = self.texts(requests)
             keywords = self.keywords(histories)
             prompts = [f"{ref}, {kw}" for ref, kw in zip(references, keywords, strict=True)]
-            images = models.render(
-                self.pipe,
-                [r.seed for r in requests],
-                self.opt("steps"),
-                self.opt("size"),
-                self.opt("guidance"),
-                self.opt("batch_size"),
+            images = self.render(
+                requests,
                 **self.conditioning(prompts, histories),
             )
         return [

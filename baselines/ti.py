@@ -47,12 +47,7 @@ class TextualInversion(models.BaselineGenerator):
     label = "TI"
     accepted_options = (
         "sdxl",
-        "captioner",
-        "reference_text",
-        "steps",
-        "size",
-        "guidance",
-        "batch_size",
+        *models.RENDER_OPTIONS,
         "ti_steps",
         "ti_lr",
         "ti_init",
@@ -211,13 +206,8 @@ class TextualInversion(models.BaselineGenerator):
                     e, p = self._encode([prompt], vectors)
                 embeds.append(e)
                 pooled.append(p)
-            images = models.render(
-                self.pipe,
-                [r.seed for r in requests],
-                self.opt("steps"),
-                self.opt("size"),
-                self.opt("guidance"),
-                self.opt("batch_size"),
+            images = self.render(
+                requests,
                 prompt_embeds=torch.cat(embeds),
                 pooled_prompt_embeds=torch.cat(pooled),
             )

@@ -159,6 +159,13 @@ def _threads(spec: TrainSpec):
     return compute_threads("tiny" if spec.backbone == "tiny" else "paper", torch.device(spec.device))
 
 
+def _step_rng(seed: int, step: int) -> random.Random:
+    """The step's own seeds (batch choice and α_r from the returned RNG, torch's Gumbel noise and dropout from
+    the global one), so a resumed run draws exactly what an uninterrupted one would."""
+    torch.manual_seed(seed * 1_000_003 + step)
+    return random.Random(seed * 1_000_003 + step)
+
+
 def train_sft(spec: TrainSpec, backbone: Backbone | None = None) -> dict[str, Any]:
     """Stage 1 (Eq. 8): target = last interaction, reference = the target under the training mask with
     α_r ~ U(0, 1) per example; returns the final checkpoint meta (with the loss log)."""
@@ -186,8 +193,7 @@ def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
     with progress_bar(info=True, transient=False, enabled=spec.progress) as bar:
         task = bar.add_task("pigeon sft", total=spec.steps, completed=min(start_step, spec.steps), info="")
         for step in range(start_step, spec.steps):
-            rng = random.Random(spec.seed * 1_000_003 + step)
-            torch.manual_seed(spec.seed * 1_000_003 + step)
+            rng = _step_rng(spec.seed, step)
             batch = [examples[rng.randrange(len(examples))] for _ in range(spec.batch_size)]
             alpha = [rng.random() for _ in batch]
             loss = model.sft_loss(batch, alpha)
@@ -289,8 +295,7 @@ def _train_dpo(spec: DPOSpec, backbone: Backbone | None, reward: RewardFn | None
     with progress_bar(info=True, transient=False, enabled=spec.progress) as bar:
         task = bar.add_task("pigeon dpo", total=spec.steps, completed=min(start_step, spec.steps), info="")
         for step in range(start_step, spec.steps):
-            rng = random.Random(spec.seed * 1_000_003 + step)
-            torch.manual_seed(spec.seed * 1_000_003 + step)
+            rng = _step_rng(spec.seed, step)
             rows = [pairs[rng.randrange(len(pairs))] for _ in range(spec.batch_size)]
             batch = [by_id[r["sample_id"]] for r in rows]
             alpha = [rng.random() for _ in rows]  # α_r ~ U(0, 1) in the prompt (Eq. 10)

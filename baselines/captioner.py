@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from baselines import models
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 from pigeon_bench.paths import cache_dir
 
@@ -70,7 +70,7 @@ class Captioner:
             for start in range(0, len(keys), self.batch_size):
                 part = keys[start : start + self.batch_size]
                 for d, text in zip(part, self._run([todo[d] for d in part]), strict=True):
-                    io.write_text(self._path(d), text)
+                    fileio.write_text(self._path(d), text)
         return [self._path(d).read_text(encoding="utf-8") for d in digests]
 
     def _run(self, images: list[Image.Image]) -> list[str]:

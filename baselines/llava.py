@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from baselines import captioner, models
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, GenerationResult, generators
@@ -179,7 +179,7 @@ class LlavaFinetuned(LlavaPretrained):
         """The base the LoRA was trained on (its finetune.json), unless option ``llava`` names one."""
         meta = Path(self.lora_dir) / FINETUNE_META
         if not self.options.get("llava") and meta.is_file():
-            recorded = io.read_json(meta).get("base")
+            recorded = fileio.read_json(meta).get("base")
             if recorded and (Path(recorded).is_dir() or not Path(recorded).is_absolute()):
                 return recorded
         return super().base_ref()
@@ -220,7 +220,8 @@ def cached_finetune(
 
 def _training_examples(ds: Dataset, samples: list[Sample], cap: captioner.Captioner, image_token: str):
     """(images, prompt, target caption) per training sample; captions of references and targets are cached."""
-    load = [io.load_rgb(ds.image_path(i)) for s in samples for i in (*s.history, s.reference_id, s.target_id)]
+    ids = [i for s in samples for i in (*s.history, s.reference_id, s.target_id)]
+    load = [fileio.load_rgb(ds.image_path(i)) for i in ids]
     captions = cap.caption(load)
     out = []
     for k, s in enumerate(samples):
@@ -319,7 +320,7 @@ def finetune_llava(
 
         def write(folder: Path) -> None:
             model.save_pretrained(folder)
-            io.write_json(folder / FINETUNE_META, meta)
+            fileio.write_json(folder / FINETUNE_META, meta)
 
         models.write_folder(out, "adapter_config.json", write)
     return meta

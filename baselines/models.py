@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from baselines import tiny
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, Generator
@@ -110,7 +110,7 @@ def quiet_loading() -> Iterator[None]:
 def fingerprint(ref: str) -> str:
     """A short id of a model: a folder's JSON files and weight file sizes (not its path), else the hub id."""
     path = Path(ref)
-    return io.folder_fingerprint(path) if path.is_dir() else hashlib.sha256(ref.encode()).hexdigest()[:16]
+    return fileio.folder_fingerprint(path) if path.is_dir() else hashlib.sha256(ref.encode()).hexdigest()[:16]
 
 
 def freeze(*modules: torch.nn.Module) -> None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from baselines import captioner, models
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, GenerationResult, build_request, generators
@@ -72,7 +72,7 @@ class SoftPreference(torch.nn.Module):
             {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
             str(folder / ADAPTER_WEIGHTS),
         )
-        io.write_json(folder / ADAPTER_META, meta)
+        fileio.write_json(folder / ADAPTER_META, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> tuple[SoftPreference, dict[str, Any]]:
@@ -81,7 +81,7 @@ class SoftPreference(torch.nn.Module):
         folder = Path(folder).expanduser()
         if not (folder / ADAPTER_WEIGHTS).is_file():
             raise UserError(f"not a PMG adapter folder (no {ADAPTER_WEIGHTS}): {folder}")
-        meta = io.read_json(folder / ADAPTER_META)
+        meta = fileio.read_json(folder / ADAPTER_META)
         module = cls(meta["n_soft"], meta["llm_hidden"], meta["text_dim"])
         module.load_state_dict(load_file(str(folder / ADAPTER_WEIGHTS)))
         return module.eval(), meta
@@ -348,7 +348,7 @@ def _examples(
     out = []
     with torch.no_grad():  # plain tensors: training reads them outside inference mode
         for s, ref, kw, hist in zip(samples, references, keywords, histories, strict=True):
-            pixels = models.image_tensor([io.load_rgb(ds.image_path(s.target_id))], gen.opt("size"))
+            pixels = models.image_tensor([fileio.load_rgb(ds.image_path(s.target_id))], gen.opt("size"))
             dist = gen.pipe.vae.encode(pixels.to(gen.device, gen.dtype)).latent_dist
             latents = dist.mean * gen.pipe.vae.config.scaling_factor
             embeds, _ = gen.pipe.encode_prompt(f"{ref}, {kw}", gen.device, 1, False)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.demo import ensure_demo_datasets
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.metrics import backbones as B
@@ -40,12 +40,13 @@ def demo_inputs(root: Path, limit: int | None, method: str = "a", mix: float = 0
     for name, folder in sorted(ensure_demo_datasets(root / "demo").items()):
         ds = Dataset(folder)
         for s in ds.samples("test"):
-            ref, tgt = io.load_rgb(ds.image_path(s.reference_id)), io.load_rgb(ds.image_path(s.target_id))
-            hist0 = io.load_rgb(ds.image_path(s.history[0]))
+            ref = fileio.load_rgb(ds.image_path(s.reference_id))
+            tgt = fileio.load_rgb(ds.image_path(s.target_id))
+            hist0 = fileio.load_rgb(ds.image_path(s.history[0]))
             gen = Image.blend(Image.blend(ref.resize((256, 256)), tgt.resize((256, 256)), 0.5),
                               hist0.resize((256, 256)), mix)
             path = root / "gen" / method / name / f"{s.sample_id}.png"
-            io.save_image(path, gen)
+            fileio.save_image(path, gen)
             out.append(SampleInputs(
                 s.sample_id, path, [ds.image_path(h) for h in s.history],
                 [ds.item(h).semantics for h in s.history], ds.image_path(s.reference_id),
@@ -107,9 +108,9 @@ class OfficialPattern:
     @torch.inference_mode()
     def score(self, samples: list[SampleInputs]) -> dict[str, float]:
         load = self.resize.apply
-        gen = [load(io.load_rgb(s.generated)) for s in samples]
-        ref = [load(io.load_rgb(s.reference)) for s in samples]
-        hist = [load(io.load_rgb(h)) for s in samples for h in s.history]
+        gen = [load(fileio.load_rgb(s.generated)) for s in samples]
+        ref = [load(fileio.load_rgb(s.reference)) for s in samples]
+        hist = [load(fileio.load_rgb(h)) for s in samples for h in s.history]
         hist_texts = [t for s in samples for t in s.history_texts]
         gen5 = [g for g in gen for _ in range(5)]
         res: dict[str, float] = {}

@@ -278,8 +278,8 @@ def auto_checkpoint(data: Path, backbone: str, backbone_path: str | None, overri
                              batch_size=batch_size, lr=lr, seed=seed, config=config, trainable=trainable,
                              save_every=max(1, steps // 4))
             meta = train_sft(spec)
-            from pigeon_bench import io
+            from pigeon_bench import fileio
 
-            io.write_json(done, {"ident": json.loads(ident), "seconds": meta["seconds"],
+            fileio.write_json(done, {"ident": json.loads(ident), "seconds": meta["seconds"],
                                  "loss_first": meta["log"][0]["loss"], "loss_last": meta["log"][-1]["loss"]})
     return out

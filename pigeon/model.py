@@ -21,7 +21,7 @@ from pigeon.backbone import Backbone
 from pigeon.mask import REFERENCE_MASK_SCHEMES, MaskGenerator, masks_high_scores, topk_keep
 from pigeon.personalization import Adapter, textual_tokens, visual_features
 from pigeon.prompt import PromptBuilder, prompt_layout
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 
 WEIGHTS, CONFIG = "pigeon.safetensors", "pigeon.json"
@@ -296,16 +296,17 @@ def save_checkpoint(model: PigeonModel, out: str | Path, meta: dict[str, Any]) -
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(out / WEIGHTS) as tmp:
+    with fileio.atomic_path(out / WEIGHTS) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.trainable_state().items()}, str(tmp))
-    io.write_json(out / CONFIG, {"config": asdict(model.config), "backbone": model.backbone.spec(), **meta})
+    fileio.write_json(out / CONFIG,
+                      {"config": asdict(model.config), "backbone": model.backbone.spec(), **meta})
 
 
 def read_checkpoint_meta(ckpt: str | Path) -> dict[str, Any]:
     ckpt = Path(ckpt)
     if not (ckpt / CONFIG).is_file() or not (ckpt / WEIGHTS).is_file():
         raise UserError(f"not a Pigeon checkpoint: {ckpt} (needs {CONFIG} and {WEIGHTS})")
-    return io.read_json(ckpt / CONFIG)
+    return fileio.read_json(ckpt / CONFIG)
 
 
 def check_compatible(meta: dict[str, Any], backbone: Backbone, ckpt: str | Path) -> None:

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from pigeon.backbone import Backbone, backbones
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 from pigeon_bench.progress import progress as progress_bar
 
@@ -195,15 +195,15 @@ class TinyBackbone(Backbone):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        io.write_text(out / "tokenizer.json", self.text_tokenizer.to_str())
-        with io.atomic_path(out / "visual.safetensors") as tmp:
+        fileio.write_text(out / "tokenizer.json", self.text_tokenizer.to_str())
+        with fileio.atomic_path(out / "visual.safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in self.visual.state_dict().items()}, str(tmp))
         if hasattr(self.language_model, "peft_config"):
             raise ValueError("save the tiny backbone before adding LoRA")
         _quiet_transformers()
         self.language_model.save_pretrained(out / "language_model")
-        fingerprint = io.folder_fingerprint(out, content=True, exclude=("tiny.json",))
-        io.write_json(out / "tiny.json", {"config": asdict(self.cfg), "fingerprint": fingerprint})
+        fingerprint = fileio.folder_fingerprint(out, content=True, exclude=("tiny.json",))
+        fileio.write_json(out / "tiny.json", {"config": asdict(self.cfg), "fingerprint": fingerprint})
 
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -217,7 +217,7 @@ class TinyBackbone(Backbone):
         for name in ("tiny.json", "tokenizer.json", "visual.safetensors", "language_model/config.json"):
             if not (path / name).is_file():
                 raise UserError(f"not a tiny backbone folder: {path} (missing {name})")
-        meta = io.read_json(path / "tiny.json")
+        meta = fileio.read_json(path / "tiny.json")
         try:
             cfg = TinyConfig(**meta["config"])
         except TypeError as exc:
@@ -364,7 +364,7 @@ def tiny_backbone_for_dataset(data_dir: str | Path, seed: int = 0) -> Path:
             paths, captions, texts = train_corpus(data_dir)
             log.info("pretraining the tiny backbone on %d train images of %s -> %s", len(paths), data_dir,
                      out)
-            bb = pretrain([io.load_rgb(p) for p in paths], captions, texts, seed=seed)
+            bb = pretrain([fileio.load_rgb(p) for p in paths], captions, texts, seed=seed)
             tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             bb.save(tmp)

@@ -30,7 +30,7 @@ from pigeon.model import (
     save_checkpoint,
     swapped_lora,
 )
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import ALPHA_R_GRID
@@ -80,7 +80,7 @@ class TokenCache:
         todo = sorted(set(item_ids) - set(self.codes))
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i : i + self.batch_size]
-            images = [io.load_rgb(self.dataset.image_path(t)) for t in chunk]
+            images = [fileio.load_rgb(self.dataset.image_path(t)) for t in chunk]
             self.codes.update(zip(chunk, self.backbone.tokenize_images(images), strict=True))
 
     def example(self, sample: Sample, reference_is_target: bool = True) -> Example:
@@ -120,7 +120,7 @@ def _save(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.nn.
     for i, p in enumerate(params):
         for k, v in opt.state.get(p, {}).items():
             state[f"{i}.{k}"] = v.detach().reshape(-1).contiguous().cpu() if k == "step" else v.detach().cpu()
-    with io.atomic_path(out / STATE) as tmp:
+    with fileio.atomic_path(out / STATE) as tmp:
         save_file(state or {"empty": torch.zeros(1)}, str(tmp))
     save_checkpoint(model, out, meta)
 
@@ -332,17 +332,17 @@ def _preferences(spec: DPOSpec, model: PigeonModel, bb: Backbone, out: Path, rew
     by_id = {s.sample_id: cache.example(s) for s in chosen_samples}
     path = out / PREFERENCES
     if path.is_file():
-        df = io.read_parquet(path, ["sample_id", "chosen", "rejected"])
+        df = fileio.read_parquet(path, ["sample_id", "chosen", "rejected"])
         missing = sorted(set(df["sample_id"]) - set(by_id))
         if missing:
             raise UserError(f"{path}: sample {missing[0]} is not among this run's prompts; delete the file")
     else:
-        histories = [[io.load_rgb(dataset.image_path(h)) for h in s.history] for s in chosen_samples]
+        histories = [[fileio.load_rgb(dataset.image_path(h)) for h in s.history] for s in chosen_samples]
         fn = reward or clip_reward(spec.scorer_profile, spec.device)
         df = build_preferences(model, list(by_id.values()), histories, fn, spec.alpha_grid, spec.seed,
                                spec.temperature, spec.top_k, spec.progress)
         out.mkdir(parents=True, exist_ok=True)
-        io.write_parquet(path, df)
+        fileio.write_parquet(path, df)
     if df.empty:
         raise UserError(f"{path}: no preference pairs (every prompt's candidates tied); try more --prompts")
     return df.to_dict("records"), by_id

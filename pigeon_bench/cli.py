@@ -504,9 +504,9 @@ def _emit(text: str, out: Path | None) -> None:
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return
-    from pigeon_bench import io
+    from pigeon_bench import fileio
 
-    io.write_text(out, text)
+    fileio.write_text(out, text)
     typer.echo(f"wrote {out}", err=True)
 
 

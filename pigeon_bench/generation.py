@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.registry import Registry
@@ -135,9 +135,9 @@ def build_request(dataset: Dataset, sample: Sample, run_seed: int = 0,
     reference = dataset.item(sample.reference_id)
     return GenerationRequest(
         sample=sample,
-        history_images=[io.load_rgb(dataset.image_path(i.item_id)) for i in history],
+        history_images=[fileio.load_rgb(dataset.image_path(i.item_id)) for i in history],
         history_texts=[i.semantics for i in history],
-        reference_image=io.load_rgb(dataset.image_path(reference.item_id)),
+        reference_image=fileio.load_rgb(dataset.image_path(reference.item_id)),
         reference_text=reference.semantics,
         instruction=sample.instruction,
         seed=request_seed(run_seed, sample.sample_id),

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 from pigeon_bench.report import load_run, paper_table, resolve_run
 from pigeon_bench.stats import cluster_bootstrap_mean
@@ -71,12 +71,12 @@ class _ImageStore:
     def _put(self, data: bytes) -> str:
         name = f"images/{hashlib.sha256(data).hexdigest()[:16]}.png"
         if not (self.root / name).is_file():
-            io.write_bytes(self.root / name, data)
+            fileio.write_bytes(self.root / name, data)
         return name
 
     def add(self, source: Path) -> str:
         """A readable PNG as is (byte for byte); any other format re-encoded as PNG."""
-        image = io.load_rgb(source)  # a missing or corrupt image stops here, named
+        image = fileio.load_rgb(source)  # a missing or corrupt image stops here, named
         if source.suffix.lower() == ".png":
             return self._put(source.read_bytes())
         return self.add_image(image)
@@ -110,7 +110,7 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     dirs = [resolve_run(r) for r in (run_a, run_b)]
     if rows[0].scenario != rows[1].scenario:
         raise UserError(f"runs are on different scenarios: {rows[0].scenario!r} vs {rows[1].scenario!r}")
-    manifest = io.read_json(dirs[0] / "manifest.json")
+    manifest = fileio.read_json(dirs[0] / "manifest.json")
     if not manifest.get("data"):
         raise UserError(f"{dirs[0] / 'manifest.json'}: no \"data\" (the dataset folder with history images)")
     dataset = Dataset(manifest["data"])
@@ -181,19 +181,19 @@ def _write_kit(out: Path, dirs: list[Path], rows: list, dataset, samples: dict, 
                          "a_label": labels[0], "b_label": labels[1]})
         page = _render("human_eval_task.html.j2", aspect=aspect, question=text, mturk=False, title=task_id,
                        images={c: "../" + task[c] for c in image_cols})
-        io.write_text(out / "tasks" / f"{task_id}.html", page)
-    io.write_text(out / "batch.csv", pd.DataFrame(batch).to_csv(index=False, lineterminator="\n"))
-    io.write_text(out / "key.csv", pd.DataFrame(key_rows).to_csv(index=False, lineterminator="\n"))
-    io.write_text(out / "hit_template.html", _render(
+        fileio.write_text(out / "tasks" / f"{task_id}.html", page)
+    fileio.write_text(out / "batch.csv", pd.DataFrame(batch).to_csv(index=False, lineterminator="\n"))
+    fileio.write_text(out / "key.csv", pd.DataFrame(key_rows).to_csv(index=False, lineterminator="\n"))
+    fileio.write_text(out / "hit_template.html", _render(
         "human_eval_task.html.j2", aspect=aspect, question="${question}", mturk=True, title="HIT",
         images={c: "${" + c + "}" for c in image_cols}))
-    io.write_text(out / "index.html", _render("human_eval_index.html.j2", question=text, aspect=aspect,
+    fileio.write_text(out / "index.html", _render("human_eval_index.html.j2", question=text, aspect=aspect,
                                               task_ids=[b["task_id"] for b in batch]))
     info = {"kit_id": kit_id, "aspect": aspect, "scenario": scenario, "question": text, "seed": seed,
             "runs": {"a": str(dirs[0]), "b": str(dirs[1])}, "labels": {"a": labels[0], "b": labels[1]},
             "cases": len(cases), "checks": checks, "tasks": len(batch), "requested": n,
             "notices": sorted({r.notice for r in rows if r.notice})}
-    io.write_json(out / "kit.json", info)
+    fileio.write_json(out / "kit.json", info)
     return info
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import overall
 from pigeon_bench.schema import HIGHER_IS_BETTER, METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
@@ -90,7 +90,7 @@ def resolve_run(path: str | Path) -> Path:
     if (path / "summary.json").is_file():
         return path
     manifest = path / "manifest.json"
-    if manifest.is_file() and io.read_json(manifest).get("sweep") is not None:
+    if manifest.is_file() and fileio.read_json(manifest).get("sweep") is not None:
         if (path / "selected" / "summary.json").is_file():
             return path / "selected"
         raise UserError(f"{path} is a sweep without a scored selected/ run "
@@ -100,7 +100,7 @@ def resolve_run(path: str | Path) -> Path:
 
 def load_summary(run_dir: Path) -> dict:
     """RUN/summary.json, checked for the metrics block the reports need."""
-    summary = io.read_json(run_dir / "summary.json")
+    summary = fileio.read_json(run_dir / "summary.json")
     metrics = summary.get("metrics") if isinstance(summary, dict) else None
     if not isinstance(metrics, dict):
         raise UserError(f"{run_dir / 'summary.json'}: no \"metrics\" object")
@@ -115,7 +115,7 @@ def load_run(path: str | Path) -> Row:
     run_dir = resolve_run(path)
     summary = load_summary(run_dir)
     manifest_path = run_dir / "manifest.json"
-    manifest = io.read_json(manifest_path) if manifest_path.is_file() else {}
+    manifest = fileio.read_json(manifest_path) if manifest_path.is_file() else {}
     metrics = summary["metrics"]
     mean = {m: _num(metrics[m]["mean"]) for m in METRICS}
     mean["overall"] = float(overall(mean["p_cis"], mean["a_cs"]))
@@ -400,7 +400,7 @@ def render_csv(tables: list[Table]) -> str:
 
 def thumbnail_uri(path: Path, size: int = 160) -> str:
     """A base64 JPEG data URI of an image, at most ``size`` px on its long side."""
-    im = io.load_rgb(path)
+    im = fileio.load_rgb(path)
     im.thumbnail((size, size))
     buf = _io.BytesIO()
     im.save(buf, format="JPEG", quality=85)
@@ -419,7 +419,7 @@ class Case:
 
 def load_scores(run_dir: Path) -> pd.DataFrame:
     """RUN/scores.parquet indexed by sample id (unique ids required), sorted by id."""
-    df = io.read_parquet(run_dir / "scores.parquet", ["sample_id", *PER_SAMPLE_METRICS])
+    df = fileio.read_parquet(run_dir / "scores.parquet", ["sample_id", *PER_SAMPLE_METRICS])
     df = df.assign(sample_id=df["sample_id"].astype(str))
     dup = df["sample_id"][df["sample_id"].duplicated()]
     if len(dup):
@@ -443,7 +443,7 @@ def gallery(rows: list[Row], n_cases: int, seed: int = 0) -> tuple[list[Case], s
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(sorted(common), size=min(n_cases, len(common)), replace=False).tolist())
     manifest_path = runs[0].run / "manifest.json"
-    manifest = io.read_json(manifest_path) if manifest_path.is_file() else {}
+    manifest = fileio.read_json(manifest_path) if manifest_path.is_file() else {}
     data_dir = Path(manifest["data"]) if manifest.get("data") else None
     dataset = Dataset(data_dir) if data_dir is not None and data_dir.is_dir() else None
     samples = {s.sample_id: s for s in dataset.samples()} if dataset else {}
@@ -632,7 +632,7 @@ def sweep_points(sweep_dir: str | Path) -> Sweep:
         raise UserError(f"{sweep_dir}: sub-runs sweep several parameters ({', '.join(sorted(params))})")
     manifest = sweep_dir / "manifest.json"
     if manifest.is_file():
-        m = io.read_json(manifest)
+        m = fileio.read_json(manifest)
         label = str(m.get("label") or m.get("method") or label)
     frame = pd.DataFrame(points).sort_values("x").reset_index(drop=True)
     return Sweep(str(label), params.pop(), frame, notice)
@@ -684,6 +684,6 @@ def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
     notices = {s.notice for s in sweeps if s.notice}
     if notices:
         fig.suptitle("; ".join(sorted(notices)), fontsize=8, color="firebrick")
-    with io.atomic_path(out) as tmp:
+    with fileio.atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import (
@@ -74,7 +74,7 @@ def alpha_dirname(alpha_r: float) -> str:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    return io.read_json(Path(run_dir) / "manifest.json")
+    return fileio.read_json(Path(run_dir) / "manifest.json")
 
 
 @dataclass
@@ -165,7 +165,7 @@ def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None
     old = _check_resumable(out, top)
     finished = bool(old and old.get("complete"))
     if not finished:
-        io.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
+        fileio.write_json(out / "manifest.json", {**top, "versions": package_versions(), "complete": False})
     targets = [_open(out / alpha_dirname(a), {**base, "alpha_r": a,
                                               "label": f"{base['label']} (α_r={a:.1f})"}, samples)
                for a in ALPHA_R_GRID]
@@ -177,7 +177,7 @@ def generate(spec: GenerateSpec, out: Path, session: MethodSession | None = None
                timings={"load_s": session.load_s,
                         "generate_s": round(per_image * counts["generated"], 3) if per_image else None})
     if counts["generated"] or not finished:
-        io.write_json(out / "manifest.json", top)
+        fileio.write_json(out / "manifest.json", top)
     return top
 
 
@@ -192,7 +192,7 @@ def _check_resumable(out: Path, manifest: dict[str, Any]) -> dict[str, Any] | No
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} exists and is not a run folder (no manifest.json); choose another --out")
         return None
-    old = io.read_json(path)
+    old = fileio.read_json(path)
     for key in (*_IDENTITY, "sweep"):
         if old.get(key) != manifest.get(key):
             raise UserError(f"{out} was made with {key}={old.get(key)!r}, not {manifest.get(key)!r}; "
@@ -224,7 +224,8 @@ def _open(out: Path, manifest: dict[str, Any], samples: list[Sample]) -> _Target
     pending = {s.sample_id for s in samples if not (out / "images" / f"{s.sample_id}.png").is_file()}
     target = _Target(out, manifest, old, samples, pending)
     if not target.finished:
-        io.write_json(out / "manifest.json", {**manifest, "versions": package_versions(), "complete": False})
+        fileio.write_json(out / "manifest.json",
+                          {**manifest, "versions": package_versions(), "complete": False})
     return target
 
 
@@ -260,8 +261,8 @@ def _fill(targets: list[_Target], session: MethodSession, dataset: Dataset, spec
                 raise RuntimeError(f"{spec.method}: {len(results)} results for {len(requests)} requests")
             for (t, sid), r in zip(jobs, results, strict=True):
                 if r.metadata:
-                    io.write_json(t.out / "meta" / f"{sid}.json", r.metadata)
-                io.save_image(t.out / "images" / f"{sid}.png", io.to_rgb(r.image))
+                    fileio.write_json(t.out / "meta" / f"{sid}.json", r.metadata)
+                fileio.save_image(t.out / "images" / f"{sid}.png", fileio.to_rgb(r.image))
             progress.advance(task, len(jobs))
     return (time.perf_counter() - start) / sum(len(t.pending) for t in work)
 
@@ -287,7 +288,7 @@ def _close(target: _Target, session: MethodSession, per_image: float | None) -> 
         "sample_ids": [s.sample_id for s in target.samples],
         "complete": True,
     }
-    io.write_json(target.out / "manifest.json", final)
+    fileio.write_json(target.out / "manifest.json", final)
     return final
 
 
@@ -303,7 +304,7 @@ def run_folders(run_dir: Path) -> list[Path]:
 
 
 def _read_scores(run_dir: Path) -> pd.DataFrame:
-    df = io.read_parquet(run_dir / "scores.parquet", ["sample_id", "p_cis", "a_cs"])
+    df = fileio.read_parquet(run_dir / "scores.parquet", ["sample_id", "p_cis", "a_cs"])
     return df.assign(sample_id=df["sample_id"].astype(str))
 
 
@@ -344,11 +345,11 @@ def _sweep_scores(sweep_dir: Path) -> dict[float, pd.DataFrame]:
 def _copy_run(dest: Path, manifest: dict[str, Any], picks: list[tuple[str, Path]]) -> None:
     """Write ``dest`` as a run folder holding the picked (sample_id, source run) images."""
     for sid, src in picks:
-        io.write_bytes(dest / "images" / f"{sid}.png", (src / "images" / f"{sid}.png").read_bytes())
+        fileio.write_bytes(dest / "images" / f"{sid}.png", (src / "images" / f"{sid}.png").read_bytes())
         meta = src / "meta" / f"{sid}.json"
         if meta.is_file():
-            io.write_bytes(dest / "meta" / f"{sid}.json", meta.read_bytes())
-    io.write_json(dest / "manifest.json", manifest)
+            fileio.write_bytes(dest / "meta" / f"{sid}.json", meta.read_bytes())
+    fileio.write_json(dest / "manifest.json", manifest)
 
 
 def _clear(path: Path) -> None:
@@ -373,7 +374,7 @@ def select_test_time(sweep_dir: Path) -> Path:
         "selection_rule": SELECTION_RULE, "sample_ids": list(picks["sample_id"]), "counts": {"n": len(picks)},
         "complete": True,
     }, sources)
-    io.write_parquet(dest / "selection.parquet", picks)
+    fileio.write_parquet(dest / "selection.parquet", picks)
     return dest
 
 
@@ -394,9 +395,9 @@ def select_on_valid(sweep_dir: Path, valid_sweep: Path) -> Path:
     relabel = {"label": read_manifest(sweep_dir)["label"],
                "selection": f"fixed α_r={best:.1f} chosen on valid"}
     # The same images as the chosen α_r run, hence the same scores: copied, not recomputed.
-    io.write_bytes(dest / "scores.parquet", (src / "scores.parquet").read_bytes())
+    fileio.write_bytes(dest / "scores.parquet", (src / "scores.parquet").read_bytes())
     if (src / "summary.json").is_file():
-        io.write_json(dest / "summary.json", {**io.read_json(src / "summary.json"), **relabel})
+        fileio.write_json(dest / "summary.json", {**fileio.read_json(src / "summary.json"), **relabel})
     _copy_run(dest, {
         **{k: v for k, v in manifest.items() if k != "timings"}, **relabel,
         "selection_rule": VALID_RULE, "valid_run": valid_run,
@@ -429,7 +430,7 @@ def is_scored(run_dir: Path, scorer) -> bool:
     summary = run_dir / "summary.json"
     if not (_newer(summary, [run_dir / "manifest.json"]) and (run_dir / "scores.parquet").is_file()):
         return False
-    s = io.read_json(summary)
+    s = fileio.read_json(summary)
     boot = s.get("bootstrap") or {}
     made_by = (s.get("profile"), s.get("backbones"), s.get("preprocess"), boot.get("n_boot"))
     return made_by == (scorer.profile, scorer.fingerprints(), scorer.resize.id, scorer.n_boot)
@@ -513,7 +514,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print, scorer=None) 
 
     text = build_report(report_runs, scenario=spec.scenario)
     path = root / "report.md"
-    io.write_text(path, text)
+    fileio.write_text(path, text)
     return text, path
 
 

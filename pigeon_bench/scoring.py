@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pigeon_bench import io, stats
+from pigeon_bench import fileio, stats
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
@@ -349,8 +349,8 @@ class Scorer:
             "selection": manifest.get("selection"),
             "alpha_r": manifest.get("alpha_r"),
         }
-        io.write_parquet(run_dir / "scores.parquet", df)
-        io.write_json(run_dir / "summary.json", summary)
+        fileio.write_parquet(run_dir / "scores.parquet", df)
+        fileio.write_json(run_dir / "summary.json", summary)
         return summary
 
     # ------------------------------------------------------------ helpers
@@ -374,7 +374,7 @@ def read_manifest(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
     path = run_dir / "manifest.json"
-    return io.read_json(path) if path.is_file() else {}
+    return fileio.read_json(path) if path.is_file() else {}
 
 
 def run_samples(run_dir: Path, dataset: Dataset) -> list[Sample]:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.cli import main
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.metrics import overall
@@ -39,7 +39,7 @@ def make_dataset(root: Path, scenario: str = "sticker", n_samples: int = N_SAMPL
     root.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(20):
-        io.save_image(root / "images" / f"i{i}.png", _draw(1000 + i))
+        fileio.save_image(root / "images" / f"i{i}.png", _draw(1000 + i))
         items.append({"item_id": f"i{i}", "image_path": f"images/i{i}.png",
                       "semantics": f"item {i} looks happy"})
     samples = []
@@ -72,8 +72,8 @@ def write_run(run: Path, scores: pd.DataFrame, method: str = "ti", label: str = 
     """A scored run folder: manifest.json, images/, scores.parquet, summary.json (scoring's schema)."""
     run.mkdir(parents=True, exist_ok=True)
     for k, sid in enumerate(scores["sample_id"]):
-        io.save_image(run / "images" / f"{sid}.png", _draw(image_seed * 1000 + k))
-    io.write_parquet(run / "scores.parquet", scores[["sample_id", *PER_SAMPLE_METRICS]])
+        fileio.save_image(run / "images" / f"{sid}.png", _draw(image_seed * 1000 + k))
+    fileio.write_parquet(run / "scores.parquet", scores[["sample_id", *PER_SAMPLE_METRICS]])
     metrics = {}
     for m in PER_SAMPLE_METRICS:
         lo, hi = bootstrap_ci(scores[m].to_numpy(), n_boot=200, seed=0)
@@ -93,8 +93,8 @@ def write_run(run: Path, scores: pd.DataFrame, method: str = "ti", label: str = 
                "bootstrap": {"n_boot": 200, "seed": 0, "level": 0.95}, "alpha_r": alpha_r}
     if selection:
         manifest["selection"] = summary["selection"] = selection
-    io.write_json(run / "manifest.json", manifest)
-    io.write_json(run / "summary.json", summary)
+    fileio.write_json(run / "manifest.json", manifest)
+    fileio.write_json(run / "summary.json", summary)
     return run
 
 
@@ -102,7 +102,7 @@ def write_sweep(root: Path, data: Path, method: str = "pigeon", label: str = "Pi
                 param: str = "alpha_r", values: tuple[float, ...] = (0.0, 0.5, 1.0)) -> Path:
     """A sweep folder: top manifest with "sweep" and one scored sub-run per value (p_cis falls with alpha)."""
     root.mkdir(parents=True, exist_ok=True)
-    io.write_json(root / "manifest.json", {"method": method, "label": label, "group": "LMM-based",
+    fileio.write_json(root / "manifest.json", {"method": method, "label": label, "group": "LMM-based",
                                            "scenario": "sticker", "data": str(data), "profile": "tiny",
                                            "sweep": list(values)})
     for k, a in enumerate(values):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_generation import NoiseGenerator, make_dataset, registered
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench import run as runs
 from pigeon_bench.cli import main
 from pigeon_bench.errors import UserError
@@ -93,7 +93,7 @@ def test_resume_generates_only_missing_images(dataset_dir, tmp_path, counting_me
     shutil.copytree(full, partial)
     (partial / "images" / "v1.png").unlink()
     manifest = runs.read_manifest(partial)
-    io.write_json(partial / "manifest.json", {**manifest, "complete": False})
+    fileio.write_json(partial / "manifest.json", {**manifest, "complete": False})
     (partial / "images" / ".v1.png.abc.tmp.png").write_bytes(b"half")
     CountingNoise.calls = []
     m = runs.generate(spec(dataset_dir, counting_method, split="valid"), partial)
@@ -214,7 +214,7 @@ class RedScorer:
         df = pd.DataFrame(rows)
         for m in PER_SAMPLE_METRICS:
             df[m] = df.get(m, 0.0)
-        io.write_parquet(run_dir / "scores.parquet", df)
+        fileio.write_parquet(run_dir / "scores.parquet", df)
         return {}
 
 

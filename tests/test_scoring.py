@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pigeon_bench import io, stats
+from pigeon_bench import fileio, stats
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
@@ -41,7 +41,7 @@ def make_world(root: Path, n_samples: int = 4, n_items: int = 9) -> tuple[Path, 
     (ds / "img").mkdir(parents=True)
     items = []
     for i in range(n_items):
-        io.save_image(ds / "img" / f"{i}.png", _drawing(i))
+        fileio.save_image(ds / "img" / f"{i}.png", _drawing(i))
         items.append((str(i), f"img/{i}.png", f"a sticker of shape {i}"))
     samples = [(f"s{s}", "u0", [str((s + j) % n_items) for j in range(5)], str((s + 5) % n_items),
                 str((s + 6) % n_items), "test", "draw it") for s in range(n_samples)]
@@ -50,8 +50,8 @@ def make_world(root: Path, n_samples: int = 4, n_items: int = 9) -> tuple[Path, 
                   pd.DataFrame(samples, columns=columns), {"scenario": "sticker"})
     run = root / "run"
     for s in range(n_samples):
-        io.save_image(run / "images" / f"s{s}.png", _drawing(100 + s, size=64))
-    io.write_json(run / "manifest.json", {"method": "grd", "label": "Grd", "group": "Reference",
+        fileio.save_image(run / "images" / f"s{s}.png", _drawing(100 + s, size=64))
+    fileio.write_json(run / "manifest.json", {"method": "grd", "label": "Grd", "group": "Reference",
                                           "scenario": "sticker", "data": str(ds), "alpha_r": None})
     return ds, run
 
@@ -96,7 +96,7 @@ def test_outputs_follow_the_schema(world, scored):
 
 
 def _resized(path: Path) -> Image.Image:
-    return ResizeSpec(SIZE).apply(io.load_rgb(path))
+    return ResizeSpec(SIZE).apply(fileio.load_rgb(path))
 
 
 def test_clip_and_dino_scores_match_direct_library_calls(world, scored):
@@ -177,14 +177,14 @@ def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(t
 
     scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "cache", progress=False)
     path = tmp_path / "g.png"
-    io.save_image(path, _drawing(1))
+    fileio.save_image(path, _drawing(1))
     first = scorer.clip_image_embeddings([path])
     decoded = []
-    monkeypatch.setattr(scoring, "load_image", lambda src: decoded.append(src) or io.load_rgb(src))
+    monkeypatch.setattr(scoring, "load_image", lambda src: decoded.append(src) or fileio.load_rgb(src))
     torch.testing.assert_close(scorer.clip_image_embeddings([path]), first)
     assert decoded == []  # same path, size and mtime: the memoised digest, features from the cache
     before = scorer.forward_counts()["clip"]
-    io.save_image(path, _drawing(2))  # rewritten in place; make sure the clock moved
+    fileio.save_image(path, _drawing(2))  # rewritten in place; make sure the clock moved
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     changed = scorer.clip_image_embeddings([path])
@@ -242,7 +242,7 @@ def test_content_addressing_across_files_and_shared_features(world, scored, tmp_
     before = scorer.forward_counts()
     # the same picture under another name and format is the same features
     copy = tmp_path / "copy.bmp"
-    io.load_rgb(ds / "img" / "3.png").save(copy)
+    fileio.load_rgb(ds / "img" / "3.png").save(copy)
     emb = scorer.clip_image_embeddings([copy, Image.open(ds / "img" / "3.png")])
     assert scorer.forward_counts() == before
     assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=-1), torch.ones(2))
@@ -293,12 +293,12 @@ def test_edge_image_modes_score_like_their_rgb_version(world, scored, tmp_path):
     for name, im in modes.items():
         path = tmp_path / f"{name.replace(';', '')}.png"
         im.save(path)
-        got = io.load_rgb(path)
+        got = fileio.load_rgb(path)
         assert got.mode == "RGB" and got.size == rgb.size, name
-    np.testing.assert_array_equal(np.asarray(io.load_rgb(tmp_path / "I16.png")),
+    np.testing.assert_array_equal(np.asarray(fileio.load_rgb(tmp_path / "I16.png")),
                                   np.asarray(rgb.convert("L").convert("RGB")))
     transparent = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
-    assert io.to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
+    assert fileio.to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
     embs = scorer.clip_image_embeddings([tmp_path / "L.png", rgb.convert("L").convert("RGB")])
     torch.testing.assert_close(embs[0], embs[1])
 
@@ -335,11 +335,11 @@ def test_run_folder_errors(world, scored, tmp_path):
         scorer.score_run(tmp_path / "r")
     with pytest.raises(UserError, match=r"no <sample_id>\.png"):
         scorer.score_run(tmp_path / "r", ds)
-    io.save_image(tmp_path / "r" / "images" / "zzz.png", _drawing(1))
+    fileio.save_image(tmp_path / "r" / "images" / "zzz.png", _drawing(1))
     with pytest.raises(UserError, match="zzz"):
         scorer.score_run(tmp_path / "r", ds)
     one = tmp_path / "one"
-    io.save_image(one / "images" / "s0.png", _drawing(1))
+    fileio.save_image(one / "images" / "s0.png", _drawing(1))
     with pytest.raises(UserError, match="at least 2"):
         scorer.score_run(one, ds)
 
@@ -351,10 +351,10 @@ def test_cli_score_with_data_flag_and_the_profile_default_resize(world, tmp_path
 
     ds, run = world
     sweep = tmp_path / "sweep"  # a sweep of two α_r folders without manifests: --data names the dataset
-    io.write_json(sweep / "manifest.json", {"sweep": [0.0, 1.0], "profile": "tiny"})
+    fileio.write_json(sweep / "manifest.json", {"sweep": [0.0, 1.0], "profile": "tiny"})
     for alpha in ("alpha_r=0.0", "alpha_r=1.0"):
         for p in sorted((run / "images").glob("*.png"))[:2]:  # 2 samples keep the pass short
-            io.write_bytes(sweep / alpha / "images" / p.name, p.read_bytes())
+            fileio.write_bytes(sweep / alpha / "images" / p.name, p.read_bytes())
     res = CliRunner().invoke(app, ["score", str(sweep), "--data", str(ds), "--cache-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert res.output.count(TINY_PROFILE_NOTICE) == 2

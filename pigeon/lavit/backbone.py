@@ -27,9 +27,9 @@ from pigeon.lavit.layout import check_state_dict, load_weights, require_complete
 from pigeon.lavit.pixel_decoder import PixelDecoder
 from pigeon.lavit.tokenizer_decoder import HighresTokenizerDecoder
 from pigeon.lavit.visual_tokenizer import DynamicVisualTokenizer
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
-from pigeon_bench.io import to_rgb
+from pigeon_bench.fileio import to_rgb
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -194,7 +194,7 @@ class LaVITBackbone(Backbone):
 
     # identity ----------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        fingerprint = io.folder_fingerprint(self.root, exclude=(".cache",))
+        fingerprint = fileio.folder_fingerprint(self.root, exclude=(".cache",))
         return {"backbone": self.name, "source": self.source, "fingerprint": fingerprint,
                 "config": "released" if not (self.root / CONFIG_FILE).is_file() else self.config.to_json()}
 

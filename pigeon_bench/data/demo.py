@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.data.build import progress
 from pigeon_bench.data.sticker import EMOTIONS
 from pigeon_bench.paths import cache_dir
@@ -266,12 +266,12 @@ def write_demo_stickers(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()
         file_name = f"sticker_{n}.png"
         image = draw_sticker(character, palette, style, EMOTIONS[emotion_index], caption, sizes.image_size,
                              np.random.default_rng(s))
-        io.save_image(out / "Images" / theme / file_name, image)
+        fileio.save_image(out / "Images" / theme / file_name, image)
         split = ("train.json", "val.json", "test.json")[_rng(seed, 3, s).choice(3, p=[0.8, 0.1, 0.1])]
         annotations[split].append({"topic": theme, "file_name": file_name, "anno": emotion_index + 1,
                                    "text": caption})
     for name, entries in annotations.items():
-        io.write_json(out / "Annotations" / name, {"annotations": entries})
+        fileio.write_json(out / "Annotations" / name, {"annotations": entries})
     return out
 
 
@@ -423,18 +423,18 @@ def write_demo_movies(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()) 
                           "imdbId": [f"{9_000_000 + m:07d}" for m in movies_df["movieId"]],
                           "tmdbId": [str(900_000 + m) for m in movies_df["movieId"]]})
     _write_csv(out / "links.csv", links)
-    io.write_text(out / "README.txt", "Synthetic pigeon-bench demo world in the ml-latest-small layout. "
+    fileio.write_text(out / "README.txt", "Synthetic pigeon-bench demo world in the ml-latest-small layout. "
                   "Procedural posters; not MovieLens data.\n")
     missing = set(movies_df["movieId"].iloc[-sizes.posters_missing:]) if sizes.posters_missing else set()
     for m in progress([r for r in movies if r["movieId"] not in missing], "drawing posters"):
         rng_m = _rng(seed, 12, m["movieId"])
         image = draw_poster(m["title"], m["genres"].split("|"), sizes.image_size, rng_m)
-        io.save_image(out / "posters" / f"{m['movieId']}.jpg", image)
+        fileio.save_image(out / "posters" / f"{m['movieId']}.jpg", image)
     return out
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
-    io.write_text(path, df.to_csv(index=False, lineterminator="\n"))
+    fileio.write_text(path, df.to_csv(index=False, lineterminator="\n"))
 
 
 # ---------------------------------------------------------------------------------------------- world + cache

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 
 ITEM_COLUMNS = ["item_id", "image_path", "semantics"]
@@ -47,15 +47,15 @@ class Dataset:
 
     @cached_property
     def items_df(self) -> pd.DataFrame:
-        return io.read_parquet(self.root / "items.parquet", ITEM_COLUMNS)
+        return fileio.read_parquet(self.root / "items.parquet", ITEM_COLUMNS)
 
     @cached_property
     def samples_df(self) -> pd.DataFrame:
-        return io.read_parquet(self.root / "samples.parquet", SAMPLE_COLUMNS)
+        return fileio.read_parquet(self.root / "samples.parquet", SAMPLE_COLUMNS)
 
     @cached_property
     def stats(self) -> dict:
-        return io.read_json(self.root / "stats.json")
+        return fileio.read_json(self.root / "stats.json")
 
     @cached_property
     def items(self) -> dict[str, Item]:
@@ -107,6 +107,6 @@ def write_dataset(out: str | Path, items: pd.DataFrame, samples: pd.DataFrame, s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     item_columns = ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]
-    io.write_parquet(out / "items.parquet", items[item_columns].reset_index(drop=True))
-    io.write_parquet(out / "samples.parquet", samples[SAMPLE_COLUMNS].reset_index(drop=True))
-    io.write_json(out / "stats.json", stats)
+    fileio.write_parquet(out / "items.parquet", items[item_columns].reset_index(drop=True))
+    fileio.write_parquet(out / "samples.parquet", samples[SAMPLE_COLUMNS].reset_index(drop=True))
+    fileio.write_json(out / "stats.json", stats)

@@ -1,7 +1,8 @@
 """Content-addressed feature cache: a safetensors file per (image or text, backbone, weights, preprocessing).
 
 Layout: ``<root>/features/<backbone_id>/<fingerprint[:16]>-<spec_id>/<key[:2]>/<key>.safetensors``.
-Each file is written to a temporary name beside it and renamed into place (``pigeon_bench.io.atomic_path``),
+Each file is written to a temporary name beside it and renamed into place
+(``pigeon_bench.fileio.atomic_path``),
 so a concurrent reader sees either no file or a complete one, and a kill mid-write leaves only an ignored
 temporary file. Concurrent writers of the same key write identical bytes; the last rename wins. An unreadable
 entry counts as a miss and is recomputed. An in-memory LRU layer (bounded in bytes) avoids re-reads.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.paths import cache_dir
 
 DEFAULT_MEMORY_BYTES = 1 << 30
@@ -81,7 +82,7 @@ class FeatureStore:
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}  # pass clones, not views
-        with io.atomic_path(self.path(namespace, key)) as tmp:
+        with fileio.atomic_path(self.path(namespace, key)) as tmp:
             save_file(tensors, tmp)
         self.disk_writes += 1
         self._remember(namespace, key, tensors)

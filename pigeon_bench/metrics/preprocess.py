@@ -1,7 +1,8 @@
 """Image preprocessing shared by every backbone, and the content hash that keys the feature cache.
 
 Paper-compatible default: every image (generated, history, reference) is first converted to 8-bit RGB
-(``pigeon_bench.io.to_rgb``: alpha over white, 16-bit scaled, palette expanded) and resized to 512x512 with
+(``pigeon_bench.fileio.to_rgb``: alpha over white, 16-bit scaled, palette expanded) and resized to 512x512
+with
 PIL bilinear interpolation, as the official evaluation does. Each backbone then applies its own preprocessing
 on top (CLIP: open_clip's transform; DINO: the HF image processor; LPIPS: [-1, 1] scaling; FID:
 torch-fidelity's TF1-style bilinear resize to 299 on uint8; MS-SSIM: 0-255 floats of the 512x512 image).
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 
 # pytorch_msssim.ms_ssim with its default 11-pixel window and 5 scales needs a smaller side > (11 - 1) * 2**4.
@@ -44,7 +45,7 @@ class ResizeSpec:
         return f"rgb-{self.size or 'orig'}-{self.interpolation}"
 
     def apply(self, im: Image.Image) -> Image.Image:
-        im = io.to_rgb(im)
+        im = fileio.to_rgb(im)
         if self.size is None:
             if min(im.size) < MSSSIM_MIN_SIDE:
                 raise UserError(f"image of size {im.size} is below MS-SSIM's minimum side {MSSSIM_MIN_SIDE}")
@@ -64,13 +65,13 @@ PROFILE_RESIZE = {"paper": PAPER_RESIZE, "tiny": TINY_RESIZE}
 def load_image(src: str | Path | Image.Image) -> Image.Image:
     """A path (errors name the file) or a PIL image, as 8-bit RGB."""
     if isinstance(src, Image.Image):
-        return io.to_rgb(src)
-    return io.load_rgb(src)
+        return fileio.to_rgb(src)
+    return fileio.load_rgb(src)
 
 
 def image_digest(im: Image.Image) -> str:
     """sha256 of the decoded RGB pixels and size: one picture keys the same features in any file format."""
-    im = io.to_rgb(im)
+    im = fileio.to_rgb(im)
     h = hashlib.sha256(f"rgb8:{im.size[0]}x{im.size[1]}:".encode())
     h.update(np.asarray(im, dtype=np.uint8).tobytes())
     return h.hexdigest()

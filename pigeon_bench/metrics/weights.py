@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pigeon_bench import io
+from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
 from pigeon_bench.paths import cache_dir
 
@@ -132,7 +132,7 @@ def file_digest(path: Path) -> str:
     st = path.stat()
     memo_path = cache_dir() / "fingerprints.json"
     try:
-        memo = io.read_json(memo_path) if memo_path.is_file() else {}
+        memo = fileio.read_json(memo_path) if memo_path.is_file() else {}
     except UserError:
         memo = {}
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
@@ -142,7 +142,7 @@ def file_digest(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
         memo[key] = h.hexdigest()
-        io.write_json(memo_path, memo)
+        fileio.write_json(memo_path, memo)
     return memo[key]
 
 
@@ -173,7 +173,7 @@ def prefetch(ids: list[str]) -> dict[str, Resolved]:
                 url = VGG16_URL if backbone_id == "lpips-vgg" else INCEPTION_URL
                 dest = _torch_hub_file(Path(url).name)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with io.atomic_path(dest) as tmp:
+                with fileio.atomic_path(dest) as tmp:
                     torch.hub.download_url_to_file(url, str(tmp), progress=True)
         except Exception as exc:  # network, offline mode, HTTP errors: one line naming the backbone
             first = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pigeon_bench.errors import UserError
 
+ARTIFACT_MARKER = ".pigeon-bench-done"  # written into a finished cache artifact; not part of its content
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
@@ -114,7 +116,7 @@ def folder_fingerprint(root: str | Path, *, content: bool = False, exclude: tupl
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
-        if exclude and any(part in exclude for part in rel.parts):
+        if rel.name == ARTIFACT_MARKER or (exclude and any(part in exclude for part in rel.parts)):
             continue
         h.update(rel.as_posix().encode() + b"\0")
         whole = content or path.suffix == ".json"

@@ -12,7 +12,20 @@ import typer
 
 from pigeon_bench.errors import UserError
 
+
+class _App(typer.core.TyperGroup):
+    """The root command: a UserError anywhere below is one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(UserError.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_App,
     name="pigeon-bench",
     help="Evaluate and benchmark personalized image generation (Pigeon, WWW 2025) and its baselines.",
     no_args_is_help=True,

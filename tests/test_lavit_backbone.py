@@ -149,7 +149,7 @@ def test_incomplete_folder_is_a_one_line_user_error(folder, tmp_path):
     (partial / LM_DIR / "pytorch_model.bin.index.json").unlink()
     with pytest.raises(UserError) as err:
         LaVITBackbone.from_pretrained(partial)
-    msg = err.value.format_message()
+    msg = str(err.value)
     assert "\n" not in msg and "incomplete" in msg
     assert "language_model/<weights>" in msg and "highres_pixel_decoding/unet/<weights>" in msg
     assert EVA_FILE not in msg

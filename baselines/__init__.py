@@ -1,5 +1,3 @@
-"""Baseline adapters; importing this package registers every baseline method (see pigeon_bench.generation)."""
-
-from baselines import grd, hist, llava, pmg, ti
-
-__all__ = ["grd", "hist", "llava", "pmg", "ti"]
+"""Baseline adapters, one module per method (importing ``baselines.methods`` registers them all; see
+``pigeon_bench.generation``), their shared plumbing (base, loading, captioner, tiny) and their command group
+(cli)."""

@@ -16,19 +16,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from baselines import models
+from baselines import loading
 from pigeon_bench import fileio
-from pigeon_bench.errors import UserError
+from pigeon_bench.artifacts import image_digest
 from pigeon_bench.paths import cache_dir
+from pigeon_bench.profiles import ByProfile, Profile
 
+MAX_NEW_TOKENS = ByProfile(paper=30, tiny=8)
+MIN_NEW_TOKENS = ByProfile(paper=1, tiny=3)
 LLAVA_CAPTION_PROMPT = "USER: <image>\nDescribe this image in one sentence. ASSISTANT:"
-
-
-def image_hash(image: Image.Image) -> str:
-    """Content hash of the decoded pixels (mode, size, bytes): the same picture hashes alike in any file."""
-    h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
 
 
 class Captioner:
@@ -54,7 +50,7 @@ class Captioner:
         self.min_new_tokens = min_new_tokens
         self.batch_size = batch_size
         self.fingerprint = hashlib.sha256(
-            f"{models.fingerprint(ref)}|{LLAVA_CAPTION_PROMPT}|{max_new_tokens}|{min_new_tokens}".encode()
+            f"{loading.fingerprint(ref)}|{LLAVA_CAPTION_PROMPT}|{max_new_tokens}|{min_new_tokens}".encode()
         ).hexdigest()[:16]
         self.folder = Path(cache_root or cache_dir()) / "captions" / self.fingerprint
 
@@ -63,7 +59,7 @@ class Captioner:
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         """One caption per image; each distinct image goes through the model once, ever (disk cache)."""
-        digests = [image_hash(im) for im in images]
+        digests = [image_digest(im) for im in images]
         todo = {d: im for d, im in zip(digests, images, strict=True) if not self._path(d).is_file()}
         if todo:
             keys = list(todo)
@@ -75,35 +71,24 @@ class Captioner:
 
     def _run(self, images: list[Image.Image]) -> list[str]:
         if self.loaded is None:
-            self.loaded = models.load_lmm(self.ref, self.device, self.dtype, shared=self.shared)
+            self.loaded = loading.load_lmm(self.ref, self.device, self.dtype, shared=self.shared)
         model, processor = self.loaded
         is_llava = model.config.model_type == "llava"
         text = [LLAVA_CAPTION_PROMPT if is_llava else ""] * len(images)
         batch = processor(images=images, text=text, return_tensors="pt", padding=True)
-        inputs = models.to_model_inputs(batch, self.device, self.dtype)
-        return models.generate_text(
+        inputs = loading.to_model_inputs(batch, self.device, self.dtype)
+        return loading.generate_text(
             model, processor.tokenizer, inputs, self.max_new_tokens, self.min_new_tokens
         )
 
 
-def make_captioner(ref: str | None, profile: str, device: torch.device, dtype: torch.dtype) -> Captioner:
+def make_captioner(ref: str | None, profile: Profile, device: torch.device, dtype: torch.dtype) -> Captioner:
     """A profile's captioner: ``ref`` (hub id or folder), else BLIP-2 (tiny profile: the tiny BLIP-2)."""
-    tiny_profile = profile == "tiny"
     return Captioner(
-        models.resolve(ref, models.BLIP2, "blip2", profile),
+        profile.resolve_model("blip2", ref),
         device,
         dtype,
-        max_new_tokens=8 if tiny_profile else 30,
-        min_new_tokens=3 if tiny_profile else 1,
-        shared=tiny_profile,
+        max_new_tokens=MAX_NEW_TOKENS.get(profile),
+        min_new_tokens=MIN_NEW_TOKENS.get(profile),
+        shared=profile.seeded_models,
     )
-
-
-def reference_texts(generator: models.BaselineGenerator, requests: list) -> list[str]:
-    """The reference description methods condition on: its caption (default) or the dataset's semantics."""
-    source = generator.options.get("reference_text") or "caption"
-    if source == "semantics":
-        return [r.reference_text for r in requests]
-    if source != "caption":
-        raise UserError(f"option reference_text={source!r}: expected caption or semantics")
-    return generator.captioner().caption([r.reference_image for r in requests])

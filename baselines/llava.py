@@ -3,28 +3,27 @@ draws it.
 
 ``llava*`` is the pretrained model (``llava-hf/llava-1.5-7b-hf``); ``llava`` is the same model with a LoRA
 fine-tuned on the training split (target: the caption of the user's next image), made by ``pigeon-bench
-baselines finetune-llava`` (or on the fly, cached, from option ``data_dir=DATASET``; in the tiny profile
-from the demo dataset). The reference enters both as an image and as its caption. Options: ``llava`` (hub id
-or folder), ``sdxl``, ``captioner``, ``reference_text``, ``steps``, ``size``, ``guidance``, ``batch_size``,
-``max_new_tokens``; ``llava`` also ``lora`` (folder) or ``data_dir`` (dataset folder).
+baselines finetune-llava`` or by the method's preparation step (cached, on option ``data_dir`` or, in
+profiles that train what is missing, on the run's dataset). The reference enters both as an image and as
+its caption. Options: see ``pigeon-bench methods llava``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from PIL import Image
 
-from baselines import captioner, models
-from pigeon_bench import fileio
+from baselines import base, captioner, loading
+from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import GenerationRequest, GenerationResult, generators
-from pigeon_bench.paths import cache_dir
+from pigeon_bench.generation import GenerationRequest, GenerationResult, Option, generators
+from pigeon_bench.profiles import ByProfile, Profile
 
 FINETUNE_META = "finetune.json"
 LORA_TARGETS = (
@@ -42,50 +41,43 @@ def instruction_text(image_token: str, caption: str, instruction: str) -> str:
     )
 
 
-class LlavaPretrained(models.BaselineGenerator):
+class LlavaPretrained(base.BaselineGenerator):
     name = "llava*"
     group = "LMM-based"
     label = "LLaVA*"
-    accepted_options = (
-        "llava",
-        "sdxl",
-        *models.RENDER_OPTIONS,
-        "max_new_tokens",
+    options = (
+        Option("llava", str, "LLaVA: hub id or folder (default: the profile's)"),
+        Option("sdxl", str, "SDXL: hub id or folder (default: the profile's)"),
+        *base.render_options(steps=ByProfile(paper=50, tiny=3), size=ByProfile(paper=1024, tiny=64),
+                             guidance=5.0),
+        Option("max_new_tokens", int, "prompt tokens LLaVA writes", ByProfile(paper=77, tiny=12)),
+        Option("min_new_tokens", int, "at least this many prompt tokens", ByProfile(paper=1, tiny=4)),
     )
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(steps=3, size=64, guidance=5.0, batch_size=1, max_new_tokens=12, min_new_tokens=4),
-        "paper": dict(steps=50, size=1024, guidance=5.0, batch_size=1, max_new_tokens=77, min_new_tokens=1),
-    }
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.model = None
-        self.pipe = None
         self.ref = self.lora_dir = None
 
-    def lora(self, requests: list[GenerationRequest]) -> str | None:
-        """The LoRA folder to merge (none for the pretrained model)."""
-        return None
+    def prepare(self, samples: Sequence[Sample] = ()) -> None:
+        """Find (or train) the LoRA to merge: none for the pretrained model."""
 
     def base_ref(self) -> str:
-        return models.resolve(self.options.get("llava"), models.LLAVA, "llava", self.profile)
+        return self.profile.resolve_model("llava", self.opt("llava"))
 
     def load(self) -> None:
-        """Load SDXL; LLaVA loads on the first batch (``llava`` may need the batch to find its data)."""
-        if self.pipe is None:
-            self.sdxl_ref = models.resolve(self.options.get("sdxl"), models.SDXL, "sdxl", self.profile)
-            with models.compute_threads(self.profile, self.device):
-                self.pipe = models.load_pipeline(
-                    "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile == "tiny"
+        """Load SDXL and LLaVA (with its LoRA, once prepared)."""
+        self.prepare()
+        with self.profile.compute_threads(self.device):
+            if self.pipe is None:
+                self.sdxl_ref = self.profile.resolve_model("sdxl", self.opt("sdxl"))
+                self.pipe = loading.load_pipeline(
+                    "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile.seeded_models
                 )
-
-    def load_llava(self, requests: list[GenerationRequest]) -> None:
-        if self.model is None:
-            self.lora_dir = self.lora(requests)
-            self.ref = self.base_ref()
-            with models.compute_threads(self.profile, self.device):
-                self.model, self.processor = models.load_lmm(
-                    self.ref, self.device, self.dtype, self.lora_dir, shared=self.profile == "tiny"
+            if self.model is None:
+                self.ref = self.base_ref()
+                self.model, self.processor = loading.load_lmm(
+                    self.ref, self.device, self.dtype, self.lora_dir, shared=self.profile.seeded_models
                 )
 
     def write_prompts(self, requests: list[GenerationRequest], captions: list[str]) -> list[str]:
@@ -97,19 +89,18 @@ class LlavaPretrained(models.BaselineGenerator):
         images = [im for r in requests for im in [*r.history_images, r.reference_image]]
         self.processor.tokenizer.padding_side = "left"
         batch = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
-        return models.generate_text(
+        return loading.generate_text(
             self.model,
             self.processor.tokenizer,
-            models.to_model_inputs(batch, self.device, self.dtype),
+            loading.to_model_inputs(batch, self.device, self.dtype),
             self.opt("max_new_tokens"),
             self.opt("min_new_tokens"),
         )
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        self.load_llava(requests)
         self.load()
-        with models.compute_threads(self.profile, self.device):
-            captions = captioner.reference_texts(self, requests)
+        with self.profile.compute_threads(self.device):
+            captions = self.reference_texts(requests)
             prompts = []
             for start in range(0, len(requests), self.opt("batch_size")):
                 part = slice(start, start + self.opt("batch_size"))
@@ -124,12 +115,11 @@ class LlavaPretrained(models.BaselineGenerator):
         ]
 
     def describe(self) -> dict[str, Any]:
-        """Models used so far (LLaVA is known once a batch has been generated)."""
         self.load()
         return {
             **super().describe(),
             "llava": self.ref,
-            "llava_fingerprint": models.fingerprint(self.ref) if self.ref else None,
+            "llava_fingerprint": loading.fingerprint(self.ref),
             "lora": self.lora_dir,
             "sdxl": self.sdxl_ref,
         }
@@ -142,43 +132,35 @@ generators.register("llava*", LlavaPretrained)
 class LlavaFinetuned(LlavaPretrained):
     name = "llava"
     label = "LLaVA"
-    accepted_options = (*LlavaPretrained.accepted_options, "lora", "data_dir", "ft_steps", "ft_lr")
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {**LlavaPretrained.defaults["tiny"], "ft_steps": 4, "ft_lr": 1e-3},
-        "paper": {**LlavaPretrained.defaults["paper"], "ft_steps": 0, "ft_lr": 1e-5},  # 0: one epoch
-    }
+    options = (
+        *LlavaPretrained.options,
+        Option("lora", "path", "a LoRA folder (from `pigeon-bench baselines finetune-llava`); default: "
+               "fine-tuned on the train split, cached"),
+        Option("data_dir", "path", "the dataset whose train split fine-tunes the LoRA (default: the run's, "
+               "in profiles that train what is missing)"),
+        Option("ft_steps", int, "fine-tuning steps (0: one pass over train)", ByProfile(paper=0, tiny=4)),
+        Option("ft_lr", float, "fine-tuning learning rate", ByProfile(paper=1e-5, tiny=1e-3)),
+    )
 
-    def lora(self, requests: list[GenerationRequest]) -> str:
-        """Option ``lora``; else a LoRA fine-tuned (once, cached) on the train split of option ``data_dir``
-        or, in the tiny profile, of the demo dataset that holds the requested samples."""
-        if self.options.get("lora"):
-            folder = Path(str(self.options["lora"])).expanduser()
+    def prepare(self, samples: Sequence[Sample] = ()) -> None:
+        """Option ``lora``; else a LoRA fine-tuned (once, cached) on the train split."""
+        if self.lora_dir is not None:
+            return
+        if self.opt("lora"):
+            folder = Path(self.opt("lora")).expanduser()
             if not (folder / "adapter_config.json").is_file():
                 raise UserError(f"not a LoRA folder (no adapter_config.json): {folder}")
-            return str(folder)
-        data = self.training_data(requests)
-        if data is None:
-            raise UserError(
-                "method 'llava' needs its fine-tuned LoRA: --option lora=DIR (from `pigeon-bench baselines "
-                "finetune-llava`) or --option data_dir=DATASET (fine-tunes on its train split, cached)"
-            )
-        return str(
-            cached_finetune(
-                data,
-                self.profile,
-                self.options.get("llava"),
-                self.options.get("captioner"),
-                self.opt("ft_steps"),
-                self.opt("ft_lr"),
-                self.device,
-                self.dtype,
-            )
-        )
+            self.lora_dir = str(folder)
+            return
+        data = self.require_training_data(
+            "its fine-tuned LoRA", "-o lora=DIR (from `pigeon-bench baselines finetune-llava`)")
+        self.lora_dir = str(cached_finetune(data, self.profile, self.opt("llava"), self.opt("captioner"),
+                                            self.opt("ft_steps"), self.opt("ft_lr"), self.device, self.dtype))
 
     def base_ref(self) -> str:
         """The base the LoRA was trained on (its finetune.json), unless option ``llava`` names one."""
         meta = Path(self.lora_dir) / FINETUNE_META
-        if not self.options.get("llava") and meta.is_file():
+        if not self.opt("llava") and meta.is_file():
             recorded = fileio.read_json(meta).get("base")
             if recorded and (Path(recorded).is_dir() or not Path(recorded).is_absolute()):
                 return recorded
@@ -188,34 +170,19 @@ class LlavaFinetuned(LlavaPretrained):
 # ---------------------------------------------------------------- fine-tuning
 
 
-def cached_finetune(
-    data: str | Path,
-    profile: str,
-    base: str | None,
-    captioner_ref: str | None,
-    steps: int,
-    lr: float,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Path:
+def cached_finetune(data: Dataset, profile: Profile, base_model: str | None, captioner_ref: str | None,
+                    steps: int, lr: float, device: torch.device, dtype: torch.dtype) -> Path:
     """Fine-tune once per (dataset content, base, hyper-parameters) into the cache; return the LoRA folder."""
-    ds = Dataset(data)
-    base_ref = models.resolve(base, models.LLAVA, "llava", profile)
-    key = f"{models.dataset_digest(ds)}|{models.fingerprint(base_ref)}|{captioner_ref}|{steps}|{lr}|{dtype}"
-    out = cache_dir() / "llava-lora" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (out / "adapter_config.json").is_file():
-        finetune_llava(
-            ds.root,
-            out,
-            base=base,
-            profile=profile,
-            steps=steps,
-            lr=lr,
-            captioner_ref=captioner_ref,
-            device=str(device),
-            dtype=dtype,
-        )
-    return out
+    base_ref = profile.resolve_model("llava", base_model)
+    key = artifacts.digest(data.digest, loading.fingerprint(base_ref), captioner_ref, steps, lr, str(dtype),
+                           length=16)
+
+    def build(folder: Path) -> None:
+        finetune_llava(data.root, folder, base_model=base_model, profile=profile, steps=steps, lr=lr,
+                       captioner_ref=captioner_ref, device=str(device), dtype=dtype)
+
+    return artifacts.ensure("llava-lora", key, build,
+                            what=f"llava: fine-tuning its LoRA on {data.root} (train split)")
 
 
 def _training_examples(ds: Dataset, samples: list[Sample], cap: captioner.Captioner, image_token: str):
@@ -232,12 +199,12 @@ def _training_examples(ds: Dataset, samples: list[Sample], cap: captioner.Captio
     return out
 
 
-@models.trains
+@loading.trains
 def finetune_llava(
     data: str | Path,
     out: str | Path,
-    base: str | None = None,
-    profile: str = "paper",
+    base_model: str | None = None,
+    profile: Profile | str = "paper",
     steps: int = 0,
     lr: float = 1e-5,
     rank: int = 8,
@@ -256,25 +223,27 @@ def finetune_llava(
     """
     from peft import LoraConfig, get_peft_model
 
+    from pigeon_bench.profiles import get_profile
     from pigeon_bench.progress import progress as progress_bar
 
     out = Path(out)
-    models.check_output_folder(out, "adapter_config.json")
+    profile = get_profile(profile)
+    base.check_output_folder(out, "adapter_config.json")
     ds = Dataset(data)
     samples = ds.samples("train", limit)
     if not samples:
         raise UserError(f"{ds.root}: no samples in split 'train' to fine-tune on")
     dev = torch.device(device)
-    base_ref = models.resolve(base, models.LLAVA, "llava", profile)
-    with models.compute_threads(profile, dev), warnings.catch_warnings():
+    base_ref = profile.resolve_model("llava", base_model)
+    with profile.compute_threads(dev), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
         cap = captioner.make_captioner(captioner_ref, profile, dev, dtype)
-        with models.quiet_loading():
+        with loading.quiet_loading():
             from transformers import AutoProcessor, LlavaForConditionalGeneration
 
             model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype).to(dev)
             processor = AutoProcessor.from_pretrained(base_ref)
-        schedule = models.step_schedule(len(samples), steps, seed)
+        schedule = base.step_schedule(len(samples), steps, seed)
         n_steps = len(schedule)
         used = sorted(set(schedule))  # only these are captioned
         examples = dict(
@@ -306,7 +275,7 @@ def finetune_llava(
         meta = {
             "base": base_ref,
             "data": str(ds.root.resolve()),
-            "profile": profile,
+            "profile": profile.name,
             "steps": n_steps,
             "lr": lr,
             "rank": rank,
@@ -318,11 +287,9 @@ def finetune_llava(
             "losses": losses,
         }
 
-        def write(folder: Path) -> None:
+        with fileio.atomic_dir(out) as folder:
             model.save_pretrained(folder)
             fileio.write_json(folder / FINETUNE_META, meta)
-
-        models.write_folder(out, "adapter_config.json", write)
     return meta
 
 
@@ -339,7 +306,7 @@ def _example_loss(
     tok = processor.tokenizer
     prompt_len = processor(images=images, text=[prompt], return_tensors="pt")["input_ids"].shape[1]
     batch = processor(images=images, text=[f"{prompt} {target}{tok.eos_token}"], return_tensors="pt")
-    inputs = models.to_model_inputs(batch, device, dtype)
+    inputs = loading.to_model_inputs(batch, device, dtype)
     labels = inputs["input_ids"].clone()
     labels[:, :prompt_len] = -100
     return model(**inputs, labels=labels).loss

@@ -13,25 +13,25 @@ frozen, on SD's denoising loss for each training sample's target image (``pigeon
 finetune-pmg``, or on the fly from option ``data_dir``; tiny profile: from the demo dataset). Not implemented:
 PMG's P-Tuning V2 of the LLM's layers and its α-weighted accuracy/preference objective.
 
-Options: ``sd`` (hub id or folder), ``llm``, ``captioner``, ``reference_text`` (caption|semantics; semantics
-also replaces the history captions), ``steps``, ``size``, ``guidance``, ``batch_size``, ``max_new_tokens``,
-``adapter`` (folder from finetune-pmg), ``data_dir``, ``ft_steps``, ``ft_lr``, ``soft=false`` (keywords only).
+Training the adapter is the method's preparation step (``prepare``, cached by dataset, models and settings).
+Options: see ``pigeon-bench methods pmg`` (``reference_text=semantics`` also replaces the history captions;
+``soft=false``: keywords only).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from baselines import captioner, models
-from pigeon_bench import fileio
+from baselines import base, loading
+from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import GenerationRequest, GenerationResult, build_request, generators
-from pigeon_bench.paths import cache_dir
+from pigeon_bench.generation import GenerationRequest, GenerationResult, Option, build_request, generators
+from pigeon_bench.profiles import ByProfile
 
 ADAPTER_WEIGHTS = "pmg_adapter.safetensors"
 ADAPTER_META = "pmg_adapter.json"
@@ -88,48 +88,29 @@ class SoftPreference(torch.nn.Module):
 
 
 @generators.register("pmg")
-class PMG(models.BaselineGenerator):
+class PMG(base.BaselineGenerator):
     name = "pmg"
     group = "LLM-based"
     label = "PMG"
-    accepted_options = (
-        "sd",
-        "llm",
-        *models.RENDER_OPTIONS,
-        "max_new_tokens",
-        "adapter",
-        "data_dir",
-        "ft_steps",
-        "ft_lr",
-        "soft",
+    options = (
+        Option("sd", str, "Stable Diffusion 1.5: hub id or folder (default: the profile's)"),
+        Option("llm", str, "the LLM (Llama-2-7B): hub id or folder (default: the profile's)"),
+        *base.render_options(steps=ByProfile(paper=50, tiny=3), size=ByProfile(paper=512, tiny=64),
+                             guidance=7.5),
+        Option("max_new_tokens", int, "keyword tokens the LLM writes", ByProfile(paper=24, tiny=8)),
+        Option("min_new_tokens", int, "at least this many keyword tokens", ByProfile(paper=1, tiny=3)),
+        Option("adapter", "path", "a soft-preference adapter folder (from `pigeon-bench baselines "
+               "finetune-pmg`); default: trained on the train split, cached"),
+        Option("data_dir", "path", "the dataset whose train split trains the adapter (default: the run's, "
+               "in profiles that train what is missing)"),
+        Option("ft_steps", int, "adapter training steps (0: one pass over train)",
+               ByProfile(paper=0, tiny=4)),
+        Option("ft_lr", float, "adapter learning rate", ByProfile(paper=1e-5, tiny=1e-2)),
+        Option("soft", bool, "use the soft preference tokens (false: keywords only)", True),
     )
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(
-            steps=3,
-            size=64,
-            guidance=7.5,
-            batch_size=1,
-            max_new_tokens=8,
-            min_new_tokens=3,
-            soft=True,
-            ft_steps=4,
-            ft_lr=1e-2,
-        ),
-        "paper": dict(
-            steps=50,
-            size=512,
-            guidance=7.5,
-            batch_size=1,
-            max_new_tokens=24,
-            min_new_tokens=1,
-            soft=True,
-            ft_steps=0,
-            ft_lr=1e-5,
-        ),
-    }
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.llm = None
         self.adapter = None
         self.adapter_dir: str | None = None
@@ -137,31 +118,27 @@ class PMG(models.BaselineGenerator):
     def load(self) -> None:
         if self.llm is not None:
             return
-        shared = self.profile == "tiny"
-        with models.compute_threads(self.profile, self.device):
-            self.llm_ref = models.resolve(self.options.get("llm"), models.PMG_LLM, "llama", self.profile)
-            self.llm, self.tokenizer = models.load_causal_lm(
+        shared = self.profile.seeded_models
+        with self.profile.compute_threads(self.device):
+            self.llm_ref = self.profile.resolve_model("llama", self.opt("llm"))
+            self.llm, self.tokenizer = loading.load_causal_lm(
                 self.llm_ref, self.device, self.dtype, shared=shared
             )
-            self.sd_ref = models.resolve(self.options.get("sd"), models.SD15, "sd", self.profile)
-            self.pipe = models.load_pipeline("sd", self.sd_ref, self.device, self.dtype, shared=shared)
+            self.sd_ref = self.profile.resolve_model("sd15", self.opt("sd"))
+            self.pipe = loading.load_pipeline("sd", self.sd_ref, self.device, self.dtype, shared=shared)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
 
-    def load_adapter(self, requests: list[GenerationRequest]) -> None:
+    def prepare(self, samples: Sequence[Sample] = ()) -> None:
         """The soft-preference adapter: option ``adapter``, else trained (once, cached) on the train split."""
         if self.adapter is not None or not self.opt("soft"):
             return
-        folder = self.options.get("adapter")
+        folder = self.opt("adapter")
         if not folder:
-            data = self.training_data(requests)
-            if data is None:
-                raise UserError(
-                    "method 'pmg' needs its soft-preference adapter: --option adapter=DIR (from "
-                    "`pigeon-bench baselines finetune-pmg`), --option data_dir=DATASET (trains on "
-                    "its train split, cached) or --option soft=false (keywords only)"
-                )
+            data = self.require_training_data(
+                "its soft-preference adapter", "-o adapter=DIR (from `pigeon-bench baselines finetune-pmg`), "
+                "-o soft=false (keywords only)")
             folder = cached_finetune(self, data)
         self.adapter, _ = SoftPreference.load(folder)
         self.adapter.to(self.device)
@@ -174,10 +151,10 @@ class PMG(models.BaselineGenerator):
         for start in range(0, len(history_captions), size):
             texts = [preference_prompt(c) for c in history_captions[start : start + size]]
             batch = self.tokenizer(texts, return_tensors="pt", padding=True)
-            out += models.generate_text(
+            out += loading.generate_text(
                 self.llm,
                 self.tokenizer,
-                models.to_model_inputs(batch, self.device, self.dtype),
+                loading.to_model_inputs(batch, self.device, self.dtype),
                 self.opt("max_new_tokens"),
                 self.opt("min_new_tokens"),
             )
@@ -185,8 +162,8 @@ class PMG(models.BaselineGenerator):
 
     def texts(self, requests: list[GenerationRequest]) -> tuple[list[str], list[list[str]]]:
         """Reference descriptions and history descriptions (captions, or the dataset's semantics)."""
-        references = captioner.reference_texts(self, requests)
-        if (self.options.get("reference_text") or "caption") == "semantics":
+        references = self.reference_texts(requests)
+        if self.opt("reference_text") == "semantics":
             return references, [list(r.history_texts) for r in requests]
         flat = iter(self.captioner().caption([im for r in requests for im in r.history_images]))
         return references, [[next(flat) for _ in r.history_images] for r in requests]
@@ -211,8 +188,8 @@ class PMG(models.BaselineGenerator):
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.load()
-        self.load_adapter(requests)
-        with models.compute_threads(self.profile, self.device):
+        self.prepare()
+        with self.profile.compute_threads(self.device):
             references, histories = self.texts(requests)
             keywords = self.keywords(histories)
             prompts = [f"{ref}, {kw}" for ref, kw in zip(references, keywords, strict=True)]
@@ -239,7 +216,7 @@ class PMG(models.BaselineGenerator):
         return {
             **super().describe(),
             "llm": self.llm_ref,
-            "llm_fingerprint": models.fingerprint(self.llm_ref),
+            "llm_fingerprint": loading.fingerprint(self.llm_ref),
             "sd": self.sd_ref,
             "soft_embeddings": self.adapter is not None,
             "adapter": self.adapter_dir,
@@ -249,20 +226,21 @@ class PMG(models.BaselineGenerator):
 # ---------------------------------------------------------------- training the soft preference adapter
 
 
-def cached_finetune(gen: PMG, data: str | Path) -> Path:
+def cached_finetune(gen: PMG, ds: Dataset) -> Path:
     """Train the adapter once per (dataset, models, settings) into the cache; return its folder."""
-    ds = Dataset(data)
-    key = (
-        f"{models.dataset_digest(ds)}|{models.fingerprint(gen.llm_ref)}|{models.fingerprint(gen.sd_ref)}|"
-        f"{gen.captioner().fingerprint}|{gen.opt('ft_steps')}|{gen.opt('ft_lr')}|{gen.dtype}"
-    )
-    out = cache_dir() / "pmg-adapter" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (out / ADAPTER_WEIGHTS).is_file():
-        finetune_pmg(gen, ds.root, out, steps=gen.opt("ft_steps"), lr=gen.opt("ft_lr"))
-    return out
+    gen.load()
+    key = artifacts.digest(ds.digest, loading.fingerprint(gen.llm_ref), loading.fingerprint(gen.sd_ref),
+                           gen.captioner().fingerprint, gen.opt("ft_steps"), gen.opt("ft_lr"), str(gen.dtype),
+                           length=16)
+
+    def build(folder: Path) -> None:
+        finetune_pmg(gen, ds.root, folder, steps=gen.opt("ft_steps"), lr=gen.opt("ft_lr"))
+
+    return artifacts.ensure("pmg-adapter", key, build,
+                            what=f"pmg: training its soft-preference adapter on {ds.root} (train split)")
 
 
-@models.trains
+@loading.trains
 def finetune_pmg(
     gen: PMG,
     data: str | Path,
@@ -284,15 +262,15 @@ def finetune_pmg(
     from pigeon_bench.progress import progress as progress_bar
 
     out = Path(out)
-    models.check_output_folder(out, ADAPTER_WEIGHTS)
+    base.check_output_folder(out, ADAPTER_WEIGHTS)
     ds = Dataset(data)
     samples = ds.samples("train", limit)
     if not samples:
         raise UserError(f"{ds.root}: no samples in split 'train' to train on")
     gen.load()
-    schedule = models.step_schedule(len(samples), steps, seed)
+    schedule = base.step_schedule(len(samples), steps, seed)
     used = sorted(set(schedule))
-    with models.compute_threads(gen.profile, gen.device):
+    with gen.profile.compute_threads(gen.device):
         examples = dict(zip(used, _examples(gen, ds, [samples[i] for i in used]), strict=True))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -317,7 +295,7 @@ def finetune_pmg(
                 pred = gen.pipe.unet(
                     noise_sched.add_noise(latents, noise, t), t, encoder_hidden_states=cond
                 ).sample
-                losses.append(round(models.denoising_step(optim, pred, latents, noise, t, noise_sched), 6))
+                losses.append(round(base.denoising_step(optim, pred, latents, noise, t, noise_sched), 6))
                 progress.advance(task)
     meta = {
         "n_soft": n_soft,
@@ -327,14 +305,15 @@ def finetune_pmg(
         "sd": gen.sd_ref,
         "captioner": gen.captioner().ref,
         "data": str(ds.root.resolve()),
-        "profile": gen.profile,
+        "profile": gen.profile.name,
         "steps": len(schedule),
         "lr": lr,
         "seed": seed,
         "n_train": len(used),
         "losses": losses,
     }
-    models.write_folder(out, ADAPTER_WEIGHTS, lambda folder: adapter.save(folder, meta))
+    with fileio.atomic_dir(out) as folder:
+        adapter.save(folder, meta)
     return meta
 
 
@@ -348,7 +327,7 @@ def _examples(
     out = []
     with torch.no_grad():  # plain tensors: training reads them outside inference mode
         for s, ref, kw, hist in zip(samples, references, keywords, histories, strict=True):
-            pixels = models.image_tensor([fileio.load_rgb(ds.image_path(s.target_id))], gen.opt("size"))
+            pixels = loading.image_tensor([fileio.load_rgb(ds.image_path(s.target_id))], gen.opt("size"))
             dist = gen.pipe.vae.encode(pixels.to(gen.device, gen.dtype)).latent_dist
             latents = dist.mean * gen.pipe.vae.config.scaling_factor
             embeds, _ = gen.pipe.encode_prompt(f"{ref}, {kw}", gen.device, 1, False)

@@ -5,25 +5,29 @@ SDXL text encoder, fitted with SDXL's own denoising loss on the history images (
 style of <pigeon-user>", ...); UNet, VAE and text encoders stay frozen. The image is then text-to-image from
 "<reference caption>, in the style of <pigeon-user>".
 
-Options (``--option key=value``): ``sdxl`` (hub id or folder), ``captioner``, ``reference_text``
-(caption|semantics), ``steps``, ``size``, ``guidance``, ``batch_size``, ``ti_steps``, ``ti_lr``, ``ti_init``
-(word whose embedding starts the token), ``ti_seed``. Defaults: paper profile 1024 px, 50 denoising steps,
-500 inversion steps at lr 5e-3 (TI's own learning rate: the paper's 1e-5 for tuned baselines would leave the
-token where it started); tiny profile 64 px, 3 steps, 2 inversion steps.
+The inversions are the method's preparation step (``prepare``): one per distinct history of the samples to
+generate, cached on disk by history and settings, so a resumed run does not repeat them. Options: see
+``pigeon-bench methods ti``. Defaults: paper profile 1024 px, 50 denoising steps, 500 inversion steps at lr
+5e-3 (TI's own learning rate: the paper's 1e-5 for tuned baselines would leave the token where it started);
+tiny profile 64 px, 3 steps, 2 inversion steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
-from baselines import captioner, models
-from pigeon_bench.generation import GenerationRequest, GenerationResult, generators
+from baselines import base, loading
+from pigeon_bench import artifacts, fileio
+from pigeon_bench.data.model import Sample
+from pigeon_bench.generation import GenerationRequest, GenerationResult, Option, generators
+from pigeon_bench.profiles import ByProfile
+from pigeon_bench.progress import progress as progress_bar
 
 PLACEHOLDER = "<pigeon-user>"
 TEMPLATES = (
@@ -41,46 +45,31 @@ def prompt_for(caption: str) -> str:
 
 
 @generators.register("ti")
-class TextualInversion(models.BaselineGenerator):
+class TextualInversion(base.BaselineGenerator):
     name = "ti"
     group = "DM-based"
     label = "TI"
-    accepted_options = (
-        "sdxl",
-        *models.RENDER_OPTIONS,
-        "ti_steps",
-        "ti_lr",
-        "ti_init",
-        "ti_seed",
+    options = (
+        Option("sdxl", str, "SDXL: hub id or folder (default: the profile's)"),
+        *base.render_options(steps=ByProfile(paper=50, tiny=3), size=ByProfile(paper=1024, tiny=64),
+                             guidance=5.0),
+        Option("ti_steps", int, "inversion steps per history", ByProfile(paper=500, tiny=2)),
+        Option("ti_lr", float, "inversion learning rate", ByProfile(paper=5e-3, tiny=5e-2)),
+        Option("ti_init", str, "the word whose embedding starts the user token", "style"),
+        Option("ti_seed", int, "inversion seed", 0),
     )
-    defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": dict(
-            steps=3, size=64, guidance=5.0, batch_size=1, ti_steps=2, ti_lr=5e-2, ti_init="style", ti_seed=0
-        ),
-        "paper": dict(
-            steps=50,
-            size=1024,
-            guidance=5.0,
-            batch_size=1,
-            ti_steps=500,
-            ti_lr=5e-3,
-            ti_init="style",
-            ti_seed=0,
-        ),
-    }
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.pipe = None
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.vectors: dict[tuple[str, ...], list[torch.Tensor]] = {}  # history -> one vector per encoder
 
     def load(self) -> None:
         if self.pipe is not None:
             return
-        self.sdxl_ref = models.resolve(self.options.get("sdxl"), models.SDXL, "sdxl", self.profile)
-        with models.compute_threads(self.profile, self.device):
-            self.pipe = models.load_pipeline(
-                "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile == "tiny"
+        self.sdxl_ref = self.profile.resolve_model("sdxl", self.opt("sdxl"))
+        with self.profile.compute_threads(self.device):
+            self.pipe = loading.load_pipeline(
+                "sdxl", self.sdxl_ref, self.device, self.dtype, shared=self.profile.seeded_models
             )
         for tok, enc in self._encoders():
             if PLACEHOLDER not in tok.get_vocab():
@@ -124,14 +113,49 @@ class TextualInversion(models.BaselineGenerator):
             )
         return embeds, pooled
 
+    def prepare(self, samples: Sequence[Sample]) -> None:
+        """Invert every distinct history of ``samples`` that is not cached yet (one token per history)."""
+        self.load()
+        todo = {}
+        for s in samples:
+            key = (s.user_id, *s.history)
+            if key not in self.vectors and not self._vectors_path(key).is_file():
+                todo.setdefault(key, s)
+        ds = self.ctx.dataset
+        if not todo or ds is None:  # without a dataset, the images arrive with the requests
+            return
+        self.ctx.log(f"ti: learning the user token of {len(todo)} histories "
+                     f"({self.opt('ti_steps')} steps each)")
+        with progress_bar() as progress:
+            task = progress.add_task("ti: inverting histories", total=len(todo))
+            for key, s in todo.items():
+                self.invert([fileio.load_rgb(ds.image_path(i)) for i in s.history], key)
+                progress.advance(task)
+
+    def _vectors_path(self, key: tuple[str, ...]):
+        settings = {k: self.opt(k) for k in ("ti_steps", "ti_lr", "ti_init", "ti_seed", "size")}
+        folder = artifacts.digest(loading.fingerprint(self.sdxl_ref), settings, str(self.dtype), length=16)
+        data = self.ctx.dataset.digest if self.ctx.dataset is not None else ""
+        return artifacts.artifact_dir("ti-tokens", folder) / f"{artifacts.digest(data, key)}.safetensors"
+
     def invert(self, history: list[Image.Image], key: tuple[str, ...]) -> list[torch.Tensor]:
-        """Learn the user token's vectors from the history images with the SDXL denoising loss."""
+        """The user token's vectors for a history, learnt with the SDXL denoising loss (memory, then disk
+        cache, else computed and stored)."""
         if key not in self.vectors:
-            with models.compute_threads(self.profile, self.device):
-                self.vectors[key] = self._invert(history, key)
+            from safetensors.torch import load_file, save_file
+
+            path = self._vectors_path(key)
+            if path.is_file():
+                state = load_file(str(path))
+                self.vectors[key] = [state[str(i)] for i in range(len(state))]
+            else:
+                with self.profile.compute_threads(self.device):
+                    self.vectors[key] = self._invert(history, key)
+                with fileio.atomic_path(path) as tmp:
+                    save_file({str(i): v.contiguous() for i, v in enumerate(self.vectors[key])}, str(tmp))
         return self.vectors[key]
 
-    @models.trains
+    @loading.trains
     def _invert(self, history: list[Image.Image], key: tuple[str, ...]) -> list[torch.Tensor]:
         from diffusers import DDPMScheduler
 
@@ -154,7 +178,7 @@ class TextualInversion(models.BaselineGenerator):
         # pipeline itself decodes.
         upcast = self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False)
         vae_dtype = torch.float32 if upcast else self.dtype
-        pixels = models.image_tensor(history, size).to(self.device, vae_dtype)
+        pixels = loading.image_tensor(history, size).to(self.device, vae_dtype)
         with torch.no_grad():
             if upcast:
                 pipe.vae.to(vae_dtype)
@@ -192,12 +216,12 @@ class TextualInversion(models.BaselineGenerator):
                 encoder_hidden_states=embeds,
                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
             ).sample
-            models.denoising_step(optim, pred, latents, noise, t, noise_sched)
+            base.denoising_step(optim, pred, latents, noise, t, noise_sched)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.load()
-        with models.compute_threads(self.profile, self.device):
-            captions = captioner.reference_texts(self, requests)
+        with self.profile.compute_threads(self.device):
+            captions = self.reference_texts(requests)
             prompts = [prompt_for(c) for c in captions]
             embeds, pooled = [], []
             for r, prompt in zip(requests, prompts, strict=True):
@@ -221,7 +245,5 @@ class TextualInversion(models.BaselineGenerator):
         return {
             **super().describe(),
             "sdxl": self.sdxl_ref,
-            "sdxl_fingerprint": models.fingerprint(self.sdxl_ref),
-            "ti_steps": self.opt("ti_steps"),
-            "ti_lr": self.opt("ti_lr"),
+            "sdxl_fingerprint": loading.fingerprint(self.sdxl_ref),
         }

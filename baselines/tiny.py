@@ -10,9 +10,9 @@ downloaded:
   ``PreTrainedTokenizerFast`` with Llama-style special tokens (``<s>``, ``</s>``, ``<unk>``, ``<pad>``) and
   ``<image>``; any text can be encoded (byte fallback): usable wherever a Llama tokenizer is expected.
 - ``llama(tokenizer)``, ``sdxl_pipeline()``, ``sd_pipeline()``, ``llava()``, ``blip2()``: tiny models.
-- ``materialize(name)``: saves one of them with ``save_pretrained`` under ``cache_dir()/tiny-models/``
-  (once, atomically, safe across processes) and returns the folder, so the tiny profile loads through
-  ``from_pretrained`` exactly like the paper profile.
+- ``materialize(name)``: saves one of them with ``save_pretrained`` into the artifact cache
+  (``pigeon_bench.artifacts``: once, whole, safe across processes) and returns the folder, so the tiny
+  profile loads through ``from_pretrained`` exactly like the paper profile.
 
 Built objects are cached per process; callers must not mutate them in place (copy first).
 """
@@ -23,8 +23,6 @@ import contextlib
 import functools
 import gzip
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -33,8 +31,8 @@ from typing import Any
 
 import torch
 
+from pigeon_bench import artifacts
 from pigeon_bench.errors import UserError
-from pigeon_bench.paths import cache_dir
 
 SEED = 0
 TINY_VERSION = "v2"  # bump when a tiny config changes, so cached folders are rebuilt
@@ -452,24 +450,13 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def materialize(name: str, root: str | Path | None = None) -> Path:
-    """Save tiny model ``name`` (see ``SAVERS``) under ``root`` (default: the cache) once; return its folder.
-
-    The folder appears atomically (built in a temporary sibling, then renamed): concurrent processes are safe.
-    """
+    """Save tiny model ``name`` (see ``SAVERS``) into the artifact cache (or under ``root``) once; return its
+    folder."""
     if name not in SAVERS:
         raise UserError(f"unknown tiny model {name!r} (known: {', '.join(SAVERS)})")
-    base = Path(root) if root is not None else cache_dir() / "tiny-models"
-    out = base / f"{name}-{TINY_VERSION}"
-    if out.is_dir():
-        return out
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}-"))
-    try:
+
+    def build(out: Path) -> None:
         with _no_progress_bars():
-            SAVERS[name](tmp)
-        with contextlib.suppress(OSError):  # another process won the race: keep theirs
-            os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            SAVERS[name](out)
+
+    return artifacts.ensure("tiny-models", f"{name}-{TINY_VERSION}", build, root=root)

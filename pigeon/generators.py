@@ -1,77 +1,79 @@
 """Generators over the backbone interface: pigeon, lavit* (pretrained), lavit (fine-tuned, no Pigeon modules)
-and recon (reference tokenized and decoded). They use the tiny backbone in the tiny profile and LaVIT in the
-paper profile (option ``backbone`` overrides, ``backbone_path`` points at its weights).
+and recon (reference tokenized and decoded). Their backbone is the profile's (LaVIT; the tiny backbone in the
+tiny profile); option ``backbone`` overrides it and ``backbone_path`` points at its weights.
 
-In the tiny profile without a ``checkpoint``, pigeon and lavit train a short stage-1 checkpoint on the
-dataset's train split once and cache it under the pigeon-bench cache (keyed by dataset and options). The
-dataset is ``data_dir``, else the demo dataset that holds the requested samples.
+Preparation (``prepare``) builds what is missing, once, into the artifact cache: the tiny backbone is
+pretrained on the training dataset's train split, and in profiles that train what is missing, pigeon and
+lavit without a ``checkpoint`` train a short stage-1 checkpoint there (keyed by dataset and options). The
+training dataset is option ``data_dir``, else the run's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from pigeon.tiny import TinyBackbone
+from pigeon_bench import artifacts
+from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import GenerationRequest, GenerationResult, Generator, generators
-
-log = logging.getLogger(__name__)
+from pigeon_bench.generation import GenerationRequest, GenerationResult, Generator, Option, generators
+from pigeon_bench.profiles import PAPER, TINY, ByProfile
 
 DEFAULT_ALPHA_R = 0.5  # used when a request carries no α_r (Fig. 4(b) fixes it at 0.5)
-AUTO_SFT = {"steps": 60, "batch_size": 4, "lr": 2e-3}  # the tiny-profile auto checkpoint (see README)
+AUTO_SFT = {"steps": 60, "batch_size": 4, "lr": 2e-3}  # the auto-trained stage-1 checkpoint (see README)
 LAVIT_BASELINE = {"history_mask": False, "encoding": False, "reference_mask": "random"}
+LAVIT = "lavit"
+
+SAMPLING = (
+    Option("temperature", float, "sampling temperature of the visual tokens (0: greedy)", 1.0),
+    Option("top_k", int, "top-k of the visual-token sampling", 50),
+)
 
 
 class _BackboneGenerator(Generator):
-    """Shared plumbing: backbone choice, dataset discovery, request tokenization."""
+    """Shared plumbing: the backbone, request tokenization."""
 
     group = "LMM-based"
-    accepted_options: ClassVar[tuple[str, ...]] = ("backbone", "backbone_path", "data_dir")
+    options = (
+        Option("backbone", str, "the LMM backbone (lavit, or the tiny backbone)",
+               ByProfile(paper=LAVIT, tiny=TinyBackbone.name)),
+        Option("backbone_path", "path", "backbone weights: a LaVIT folder or hub id, or a saved tiny "
+               "backbone"),
+        Option("data_dir", "path", "the dataset whose train split trains what is missing (default: the "
+               "run's)"),
+    )
 
-    def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 backbone: str | None = None, backbone_path: str | None = None, data_dir: str | None = None,
-                 **options: Any):
-        super().__init__(profile, device, dtype, **options)
-        self.backbone_name = backbone or ("tiny" if profile == "tiny" else "lavit")
-        self.backbone_path = backbone_path
-        self.data_dir = Path(data_dir) if data_dir else None
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.bb = None
         self.info: dict[str, Any] = {}
 
-    def _backbone(self, requests: list[GenerationRequest]):
+    def training_data(self) -> Dataset | None:
+        """Option ``data_dir``, else the run's dataset (a tiny backbone pretrains there in any profile)."""
+        return Dataset(self.opt("data_dir")) if self.opt("data_dir") else self.ctx.dataset
+
+    def prepare(self, samples: Sequence[Sample] = ()) -> None:
+        self.backbone()
+
+    def backbone(self):
+        """The backbone, built on first use (the tiny one pretrained on the training data, cached)."""
         if self.bb is None:
             from pigeon.backbone import build_backbone
 
-            opts: dict[str, Any] = {}
-            if self.backbone_path:
-                opts["path"] = self.backbone_path
-            elif self.backbone_name == "tiny":
-                opts["data_dir"] = str(self._dataset(requests))
-            self.bb = build_backbone(self.backbone_name, device=self.device, dtype=self.dtype, **opts)
+            opts: dict[str, Any] = {"data": self.training_data()}
+            if self.opt("backbone_path"):
+                opts["path"] = self.opt("backbone_path")
+            with self.threads():
+                self.bb = build_backbone(self.opt("backbone"), device=self.device, dtype=self.dtype, **opts)
         return self.bb
 
-    def _dataset(self, requests: list[GenerationRequest]) -> Path:
-        """``data_dir``, else (tiny profile) the demo dataset that contains the requested samples."""
-        if self.data_dir is None and self.profile == "tiny":
-            from baselines.models import demo_dataset_of
-
-            self.data_dir = demo_dataset_of(requests)
-        if self.data_dir is None:
-            raise UserError(f"method {self.name!r} needs --option checkpoint=CKPT or --option "
-                            "data_dir=DATASET (the dataset whose train split trains it)")
-        return self.data_dir
-
     def threads(self):
-        """Single-threaded compute for tiny models on CPU (see baselines.models.compute_threads)."""
-        from baselines.models import compute_threads
-
-        return compute_threads(self.profile, self.device)
+        return self.profile.compute_threads(self.device)
 
     def _examples(self, requests: list[GenerationRequest]):
         """One tokenized Example per request; requests sharing their image objects (a sample's α_r
@@ -93,7 +95,7 @@ class _BackboneGenerator(Generator):
         return out
 
     def describe(self) -> dict[str, Any]:
-        out = {"method": self.name, "profile": self.profile}
+        out = super().describe()
         if self.bb is not None:
             out["backbone"] = self.bb.describe()
         return out | self.info
@@ -103,57 +105,68 @@ class _TunedGenerator(_BackboneGenerator):
     """A PigeonModel from a checkpoint (or an auto-trained one) that answers requests at an α_r."""
 
     base_config: ClassVar[dict[str, Any]] = {}
-    trainable: ClassVar[str] = "sft"
-    accepted_options = (*_BackboneGenerator.accepted_options, "checkpoint", "temperature", "top_k",
-                        "sft_steps")
+    trainable = "sft"
+    options = (
+        *_BackboneGenerator.options,
+        Option("checkpoint", "path", "a Pigeon checkpoint folder (default: in profiles that train what is "
+               "missing, a short stage-1 checkpoint trained on the train split, cached)"),
+        *SAMPLING,
+        Option("sft_steps", int, "steps of the auto-trained stage-1 checkpoint", AUTO_SFT["steps"]),
+    )
 
-    def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 checkpoint: str | None = None, temperature: float = 1.0, top_k: int = 50,
-                 sft_steps: int | None = None, **options: Any):
-        super().__init__(profile, device, dtype, **options)
-        self.checkpoint = checkpoint
-        self.temperature = float(temperature)
-        self.top_k = int(top_k)
-        self.sft_steps = sft_steps
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.model = None
+        self.checkpoint: Path | None = None
+
+    @classmethod
+    def implied_profile(cls, options: dict[str, Any]) -> str | None:
+        """A checkpoint records its backbone: the tiny backbone implies the tiny profile, LaVIT the paper."""
+        if not options.get("checkpoint") or options.get("backbone"):
+            return None
+        from pigeon.model import read_checkpoint_meta
+
+        backbone = read_checkpoint_meta(options["checkpoint"]).get("backbone", {}).get("backbone")
+        return {TinyBackbone.name: TINY.name, LAVIT: PAPER.name}.get(backbone)
 
     def config_overrides(self) -> dict[str, Any]:
         return dict(self.base_config)
 
-    def _model(self, requests: list[GenerationRequest]):
+    def prepare(self, samples: Sequence[Sample] = ()) -> None:
+        """The backbone, then the checkpoint: option ``checkpoint``, else one trained once on train."""
+        super().prepare(samples)
+        if self.checkpoint is not None:
+            return
+        if self.opt("checkpoint"):
+            self.checkpoint = Path(self.opt("checkpoint"))
+            return
+        data = self.training_data() if self.profile.trains_missing else None
+        if data is None:
+            raise UserError(f"method {self.name!r} in the {self.profile.name} profile needs -o "
+                            "checkpoint=CKPT (train one with `pigeon-bench train sft`)")
+        auto = AUTO_SFT | {"steps": self.opt("sft_steps")}
+        self.checkpoint = auto_checkpoint(data, self.opt("backbone"), self.opt("backbone_path"),
+                                          self.config_overrides(), self.trainable, **auto)
+        self.info |= {"auto_trained": {"data": str(data.root), "split": "train", **auto,
+                                       "trainable": self.trainable}}
+
+    def load(self) -> None:
         if self.model is None:
             from pigeon.model import load_checkpoint
 
-            bb = self._backbone(requests)
-            ckpt = self.checkpoint or self._auto_checkpoint(requests)
-            self.model = load_checkpoint(ckpt, bb, **self.config_overrides()).merge_lora()
-            self.info |= {"checkpoint": str(ckpt), "pigeon_config": asdict(self.model.config)}
-        return self.model
-
-    def _auto_checkpoint(self, requests: list[GenerationRequest]) -> Path:
-        if self.profile != "tiny":
-            raise UserError(f"method {self.name!r} in the {self.profile} profile needs --option "
-                            "checkpoint=CKPT (train one with `pigeon-bench train sft`)")
-        data = self._dataset(requests)
-        auto = dict(AUTO_SFT) | ({"steps": int(self.sft_steps)} if self.sft_steps else {})
-        path = auto_checkpoint(data, self.backbone_name, self.backbone_path, self.config_overrides(),
-                               self.trainable, **auto)
-        self.info |= {"auto_trained": {"data": str(data), "split": "train", **auto,
-                                       "trainable": self.trainable}}
-        return path
+            self.prepare()
+            self.model = load_checkpoint(self.checkpoint, self.bb, **self.config_overrides()).merge_lora()
+            self.info |= {"checkpoint": str(self.checkpoint), "pigeon_config": asdict(self.model.config)}
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self.load()
         with self.threads():
-            return self._generate(requests)
-
-    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        model = self._model(requests)
-        examples = self._examples(requests)
-        alphas = [self.alpha_for(r) for r in requests]
-        seeds = [r.seed for r in requests]
-        codes = model.generate(examples, alphas, seeds, alpha_h=self.alpha_h(), temperature=self.temperature,
-                               top_k=self.top_k)
-        images = model.backbone.render(codes, seeds)
+            examples = self._examples(requests)
+            alphas = [self.alpha_for(r) for r in requests]
+            seeds = [r.seed for r in requests]
+            codes = self.model.generate(examples, alphas, seeds, alpha_h=self.alpha_h(),
+                                        temperature=self.opt("temperature"), top_k=self.opt("top_k"))
+            images = self.model.backbone.render(codes, seeds)
         return [GenerationResult(im, {"alpha_r": a, "n_tokens": int(c.numel())})
                 for im, a, c in zip(images, alphas, codes, strict=True)]
 
@@ -164,6 +177,9 @@ class _TunedGenerator(_BackboneGenerator):
         return None
 
 
+ABLATIONS = ("history_mask", "visual_feature", "textual_tokens", "encoding", "reference_mask")
+
+
 @generators.register("pigeon")
 class PigeonGenerator(_TunedGenerator):
     """Pigeon (§2.2). Ablation options (Table 3, Fig. 4): history_mask, visual_feature, textual_tokens,
@@ -172,25 +188,25 @@ class PigeonGenerator(_TunedGenerator):
     name = "pigeon"
     label = "Pigeon"
     supports_alpha_r = True
-
-    def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 alpha_h: float | None = None, history_mask: bool | None = None,
-                 visual_feature: bool | None = None, textual_tokens: bool | None = None,
-                 encoding: bool | None = None, reference_mask: str | None = None, **options: Any):
-        super().__init__(profile, device, dtype, **options)
-        self.ablation = {k: v for k, v in {"history_mask": history_mask, "visual_feature": visual_feature,
-                                           "textual_tokens": textual_tokens, "encoding": encoding,
-                                           "reference_mask": reference_mask}.items() if v is not None}
-        self._alpha_h = None if alpha_h is None else float(alpha_h)
+    options = (
+        *_TunedGenerator.options,
+        Option("alpha_h", float, "history mask ratio α_h at inference (default: the checkpoint's)"),
+        Option("history_mask", bool, "ablation: the history mask (Fig. 4(a))"),
+        Option("visual_feature", bool, "ablation: the visual feature r_v (Table 3)"),
+        Option("textual_tokens", bool, "ablation: the textual tokens r_t (Table 3)"),
+        Option("encoding", bool, "ablation: the instruction encoding (Table 3)"),
+        Option("reference_mask", str, "the reference mask scheme (Fig. 4(c), (d))",
+               choices=("dual", "low", "high", "none", "random")),
+    )
 
     def config_overrides(self) -> dict[str, Any]:
-        return dict(self.ablation)
+        return {k: self.opt(k) for k in ABLATIONS if self.opt(k) is not None}
 
     def alpha_for(self, request: GenerationRequest) -> float:
         return DEFAULT_ALPHA_R if request.alpha_r is None else float(request.alpha_r)
 
     def alpha_h(self) -> float | None:
-        return self._alpha_h
+        return self.opt("alpha_h")
 
 
 @generators.register("lavit")
@@ -209,27 +225,25 @@ class LaVITPretrained(_BackboneGenerator):
 
     name = "lavit*"
     label = "LaVIT*"
+    options = (*_BackboneGenerator.options, *SAMPLING)
 
-    def __init__(self, profile: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 temperature: float = 1.0, top_k: int = 50, **options: Any):
-        super().__init__(profile, device, dtype, **options)
-        self.temperature, self.top_k = float(temperature), int(top_k)
+    def __init__(self, ctx):
+        super().__init__(ctx)
         self.model = None
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        with self.threads():
-            return self._generate(requests)
-
-    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        from pigeon.model import PigeonConfig, PigeonModel
-
+    def load(self) -> None:
         if self.model is None:
-            model = PigeonModel(self._backbone(requests), PigeonConfig(**LAVIT_BASELINE))
-            self.model = model.eval().merge_lora()
-        seeds = [r.seed for r in requests]
-        codes = self.model.generate(self._examples(requests), [0.0] * len(requests), seeds,
-                                    temperature=self.temperature, top_k=self.top_k)
-        return [GenerationResult(im) for im in self.model.backbone.render(codes, seeds)]
+            from pigeon.model import PigeonConfig, PigeonModel
+
+            self.model = PigeonModel(self.backbone(), PigeonConfig(**LAVIT_BASELINE)).eval().merge_lora()
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        self.load()
+        with self.threads():
+            seeds = [r.seed for r in requests]
+            codes = self.model.generate(self._examples(requests), [0.0] * len(requests), seeds,
+                                        temperature=self.opt("temperature"), top_k=self.opt("top_k"))
+            return [GenerationResult(im) for im in self.model.backbone.render(codes, seeds)]
 
 
 @generators.register("recon")
@@ -241,45 +255,31 @@ class Reconstruction(_BackboneGenerator):
     group = "Reference"  # Table 1 lists Recon under Reference, beside Grd
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        with self.threads():
-            bb = self._backbone(requests)
-            with torch.inference_mode():
-                codes = bb.tokenize_images([r.reference_image for r in requests])
-                images = bb.render(codes, [r.seed for r in requests])
+        bb = self.backbone()
+        with self.threads(), torch.inference_mode():
+            codes = bb.tokenize_images([r.reference_image for r in requests])
+            images = bb.render(codes, [r.seed for r in requests])
         return [GenerationResult(im) for im in images]
 
 
-def auto_checkpoint(data: Path, backbone: str, backbone_path: str | None, overrides: dict[str, Any],
+def auto_checkpoint(data: Dataset, backbone: str, backbone_path: str | None, overrides: dict[str, Any],
                     trainable: str, steps: int = 200, batch_size: int = 4, lr: float = 2e-3,
                     seed: int = 0) -> Path:
-    """A stage-1 checkpoint trained once on ``data``'s train split and cached (file-locked, resumable)."""
-    from filelock import FileLock
-
+    """A stage-1 checkpoint trained once on ``data``'s train split into the artifact cache (resumable)."""
     from pigeon.model import PigeonConfig
-    from pigeon.tiny import dataset_key
     from pigeon.train import TrainSpec, train_sft
-    from pigeon_bench.paths import cache_dir
 
     config = PigeonConfig.from_dict(overrides)
-    ident = json.dumps({"data": dataset_key(data), "backbone": backbone, "backbone_path": backbone_path,
-                        "config": asdict(config), "trainable": trainable, "steps": steps,
-                        "batch_size": batch_size, "lr": lr, "seed": seed}, sort_keys=True)
-    out = cache_dir() / "pigeon" / "checkpoints" / hashlib.sha256(ident.encode()).hexdigest()[:16]
-    done = out / "done.json"
-    if done.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not done.is_file():
-            log.warning("no checkpoint given: training a %d-step stage-1 checkpoint on %s (train split)"
-                        " -> %s", steps, data, out)
-            options = {"path": backbone_path} if backbone_path else {}
-            spec = TrainSpec(data=data, out=out, backbone=backbone, backbone_options=options, steps=steps,
-                             batch_size=batch_size, lr=lr, seed=seed, config=config, trainable=trainable,
-                             save_every=max(1, steps // 4))
-            meta = train_sft(spec)
-            from pigeon_bench import fileio
+    ident = {"data": data.digest[:16], "backbone": backbone, "backbone_path": backbone_path,
+             "config": asdict(config), "trainable": trainable, "steps": steps, "batch_size": batch_size,
+             "lr": lr, "seed": seed}
 
-            fileio.write_json(done, {"ident": json.loads(ident), "seconds": meta["seconds"],
-                                 "loss_first": meta["log"][0]["loss"], "loss_last": meta["log"][-1]["loss"]})
-    return out
+    def build(out: Path) -> None:
+        options = {"path": backbone_path} if backbone_path else {}
+        train_sft(TrainSpec(data=data.root, out=out, backbone=backbone, backbone_options=options, steps=steps,
+                            batch_size=batch_size, lr=lr, seed=seed, config=config, trainable=trainable,
+                            save_every=max(1, steps // 4)))
+
+    return artifacts.ensure("pigeon/checkpoints", artifacts.digest(ident, length=16), build, resumable=True,
+                            what=f"no checkpoint given: training a {steps}-step stage-1 checkpoint on "
+                                 f"{data.root} (train split)")

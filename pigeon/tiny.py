@@ -14,9 +14,7 @@ model.safetensors).
 
 from __future__ import annotations
 
-import logging
 import random
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,11 +27,10 @@ from PIL import Image
 from torch import nn
 
 from pigeon.backbone import Backbone, backbones
-from pigeon_bench import fileio
+from pigeon_bench import artifacts, fileio
+from pigeon_bench.data import Dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.progress import progress as progress_bar
-
-log = logging.getLogger(__name__)
 
 SPECIALS = ("bos", "boi", "eoi")
 PAD, UNK = "[PAD]", "[UNK]"
@@ -316,30 +313,27 @@ def _train_lm(bb: TinyBackbone, codes: torch.Tensor, captions: Sequence[str], st
 
 
 def _factory(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | None = None,
-             data_dir: str | None = None, **_: Any) -> TinyBackbone:
-    """Registry factory: ``path`` = a saved tiny backbone, else one pretrained on ``data_dir`` (cached)."""
+             data: Dataset | None = None, **_: Any) -> TinyBackbone:
+    """Registry factory: ``path`` = a saved tiny backbone, else one pretrained on ``data``'s train split
+    (cached)."""
     if path is None:
-        if data_dir is None:
-            raise UserError("the tiny backbone needs `path` (a saved tiny backbone) or `data_dir`")
-        path = str(tiny_backbone_for_dataset(data_dir))
+        if data is None:
+            raise UserError("the tiny backbone needs `path` (a saved tiny backbone) or a dataset to "
+                            "pretrain on")
+        path = str(tiny_backbone_for_dataset(data.root))
     return TinyBackbone.load(path, device=device, dtype=dtype)
 
 
-backbones.register("tiny", _factory)
+backbones.register(TinyBackbone.name, _factory)
 
 
 def dataset_key(data_dir: str | Path) -> str:
     """A cache key of what is trained on a dataset: the digest of its tables (16 hex digits)."""
-    from baselines.models import dataset_digest
-    from pigeon_bench.data import Dataset
-
-    return dataset_digest(Dataset(data_dir))[:16]
+    return Dataset(data_dir).digest[:16]
 
 
 def train_corpus(data_dir: str | Path) -> tuple[list[Path], list[str], list[str]]:
     """Images and captions of the items the train split touches, plus every instruction text."""
-    from pigeon_bench.data import Dataset
-
     ds = Dataset(data_dir)
     samples = ds.samples("train")
     if not samples:
@@ -350,24 +344,11 @@ def train_corpus(data_dir: str | Path) -> tuple[list[Path], list[str], list[str]
 
 
 def tiny_backbone_for_dataset(data_dir: str | Path, seed: int = 0) -> Path:
-    """The cached tiny backbone pretrained on a dataset's train images (built once, under a file lock)."""
-    from filelock import FileLock
+    """The tiny backbone pretrained on a dataset's train images, built once into the artifact cache."""
 
-    from pigeon_bench.paths import cache_dir
+    def build(out: Path) -> None:
+        paths, captions, texts = train_corpus(data_dir)
+        pretrain([fileio.load_rgb(p) for p in paths], captions, texts, seed=seed).save(out)
 
-    out = cache_dir() / "pigeon" / "tiny-backbone" / f"{dataset_key(data_dir)}-s{seed}"
-    if (out / "tiny.json").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (out / "tiny.json").is_file():
-            paths, captions, texts = train_corpus(data_dir)
-            log.info("pretraining the tiny backbone on %d train images of %s -> %s", len(paths), data_dir,
-                     out)
-            bb = pretrain([fileio.load_rgb(p) for p in paths], captions, texts, seed=seed)
-            tmp = out.with_name(out.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            bb.save(tmp)
-            tmp.rename(out)
-    return out
-
+    return artifacts.ensure("pigeon/tiny-backbone", f"{dataset_key(data_dir)}-s{seed}", build,
+                            what=f"pretraining the tiny backbone on the train images of {data_dir}")

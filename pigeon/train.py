@@ -64,9 +64,7 @@ class TrainSpec:
 
 def backbone_for(name: str, data: Path, device: str = "cpu", **options: Any) -> Backbone:
     """Build the named backbone; the tiny one is pretrained on (and cached for) ``data`` unless ``path``."""
-    if name == "tiny" and "path" not in options:
-        options = {**options, "data_dir": str(data)}
-    return build_backbone(name, device=device, **options)
+    return build_backbone(name, device=device, data=Dataset(data), **options)
 
 
 class TokenCache:
@@ -153,10 +151,11 @@ def _resume(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.n
 
 
 def _threads(spec: TrainSpec):
-    """Tiny backbones on CPU train single-threaded (see baselines.models.compute_threads)."""
-    from baselines.models import compute_threads
+    """Tiny backbones on CPU train single-threaded (the tiny profile's compute setting)."""
+    from pigeon.tiny import TinyBackbone
+    from pigeon_bench.profiles import PAPER, TINY
 
-    return compute_threads("tiny" if spec.backbone == "tiny" else "paper", torch.device(spec.device))
+    return (TINY if spec.backbone == TinyBackbone.name else PAPER).compute_threads(spec.device)
 
 
 def _step_rng(seed: int, step: int) -> random.Random:

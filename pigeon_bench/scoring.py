@@ -100,6 +100,13 @@ class Scorer:
         counts["clip-text"] = self.backbones["clip"].text_forwards
         return counts
 
+    def wrote(self, summary: dict) -> bool:
+        """Whether ``summary`` came from this scorer's setup (profile, backbones, preprocessing, n_boot)."""
+        boot = summary.get("bootstrap") or {}
+        made_by = (summary.get("profile"), summary.get("backbones"), summary.get("preprocess"),
+                   boot.get("n_boot"))
+        return made_by == (self.profile, self.fingerprints(), self.resize.id, self.n_boot)
+
     def _namespace(self, backbone: Backbone) -> str:
         return f"{backbone.namespace}-{self.resize.id}"
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_baselines_tiny import draw, tiny_models  # noqa: F401
 
-from baselines.captioner import Captioner, image_hash
+from baselines.captioner import Captioner
+from pigeon_bench.artifacts import image_digest as image_hash
 from pigeon_bench.errors import UserError
 
 CPU = torch.device("cpu")

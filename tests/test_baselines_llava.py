@@ -10,10 +10,11 @@ import torch
 from test_baselines_tiny import assert_images, test_requests, tiny_dataset, tiny_models  # noqa: F401
 from typer.testing import CliRunner
 
-from baselines import models
-from baselines.llava import LlavaFinetuned, LlavaPretrained, instruction_text
+from baselines import loading as models
+from baselines.llava import instruction_text
 from pigeon_bench.cli import app
 from pigeon_bench.errors import UserError
+from pigeon_bench.generation import create_generator
 
 
 def options(tiny_models: dict[str, Path]) -> dict[str, str]:  # noqa: F811
@@ -24,7 +25,8 @@ def test_llava_star_prompt_is_llavas_own_generation(tiny_models, tiny_dataset) -
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     requests = test_requests(tiny_dataset)[:2]
-    gen = LlavaPretrained(profile="tiny", llava=str(tiny_models["llava"]), **options(tiny_models))
+    gen = create_generator("llava*", "tiny", options={"llava": str(tiny_models["llava"]),
+                                                      **options(tiny_models)})
     results = gen.generate(requests)
     assert_images(results, 2, 64)
     # Recompute LLaVA's answer independently, one request at a time, from the saved folder.
@@ -39,7 +41,8 @@ def test_llava_star_prompt_is_llavas_own_generation(tiny_models, tiny_dataset) -
         )
         answer = processor.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         assert res.metadata["prompt"] == models.clean_text(answer) != ""
-    again = LlavaPretrained(profile="tiny", llava=str(tiny_models["llava"]), **options(tiny_models))
+    again = create_generator("llava*", "tiny", options={"llava": str(tiny_models["llava"]),
+                                                        **options(tiny_models)})
     assert [r.image.tobytes() for r in again.generate(requests)] == [r.image.tobytes() for r in results]
 
 
@@ -72,9 +75,8 @@ def test_finetune_llava_command_and_its_lora_in_llava(tiny_models, tiny_dataset,
     assert meta["steps"] == 3 and meta["n_train"] == 3 and len(meta["losses"]) == 3
     assert meta["base"] == str(tiny_models["llava"])
 
-    tuned = LlavaFinetuned(
-        profile="tiny", lora=str(out), **options(tiny_models)
-    )  # base read from finetune.json
+    tuned = create_generator("llava", "tiny", options={"lora": str(out), **options(tiny_models)})
+    # base read from finetune.json
     results = tuned.generate(test_requests(tiny_dataset)[:2])
     assert_images(results, 2, 64)
     assert tuned.describe()["llava"] == str(tiny_models["llava"]) and tuned.describe()["lora"] == str(out)
@@ -94,34 +96,33 @@ def test_finetune_llava_depends_on_its_seed_only(tiny_models, tiny_dataset, tmp_
     for i, draws in enumerate((0, 5)):
         torch.rand(draws)
         outs.append(tmp_path / f"lora{i}")
-        finetune_llava(tiny_dataset, outs[-1], base=str(tiny_models["llava"]), profile="tiny", steps=2,
+        finetune_llava(tiny_dataset, outs[-1], base_model=str(tiny_models["llava"]), profile="tiny", steps=2,
                        lr=0.01, captioner_ref=str(tiny_models["blip2"]))
     a, b = ((o / "adapter_model.safetensors").read_bytes() for o in outs)
     assert a == b
 
 
 def test_llava_fine_tunes_from_data_option_once(tiny_models, tiny_dataset) -> None:  # noqa: F811
-    gen = LlavaFinetuned(
-        profile="tiny", data_dir=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
-    )
-    lora = gen.lora([])
+    opts = {"data_dir": str(tiny_dataset), "llava": str(tiny_models["llava"]), **options(tiny_models)}
+    gen = create_generator("llava", "tiny", options=opts)
+    gen.prepare()
+    lora = gen.lora_dir
     assert (Path(lora) / "adapter_config.json").is_file()
     stamp = (Path(lora) / "adapter_model.safetensors").stat().st_mtime_ns
-    again = LlavaFinetuned(
-        profile="tiny", data_dir=str(tiny_dataset), llava=str(tiny_models["llava"]), **options(tiny_models)
-    )
-    assert again.lora([]) == lora
+    again = create_generator("llava", "tiny", options=opts)
+    again.prepare()
+    assert again.lora_dir == lora
     assert (Path(lora) / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_llava_bad_input_is_a_user_error(tiny_models, tiny_dataset, tmp_path) -> None:  # noqa: F811
     requests = test_requests(tiny_dataset)[:1]
     with pytest.raises(UserError, match="needs its fine-tuned LoRA"):
-        LlavaFinetuned(profile="paper").generate(requests)
+        create_generator("llava", "paper").generate(requests)
     with pytest.raises(UserError, match="not a LoRA folder"):
-        LlavaFinetuned(profile="tiny", lora=str(tmp_path)).generate(requests)
+        create_generator("llava", "tiny", options={"lora": str(tmp_path)}).generate(requests)
     with pytest.raises(UserError, match="model folder not found"):
-        LlavaPretrained(profile="tiny", llava=str(tmp_path / "missing")).generate(requests)
+        create_generator("llava*", "tiny", options={"llava": str(tmp_path / "missing")}).generate(requests)
     with pytest.raises(UserError, match="expected a LLaVA or BLIP-2 model"):
         models.load_lmm(str(tiny_models["llama"]), torch.device("cpu"), torch.float32)
     runner = CliRunner()

@@ -9,16 +9,17 @@ import torch
 from test_baselines_tiny import assert_images, pixels, test_requests, tiny_dataset, tiny_models  # noqa: F401
 from typer.testing import CliRunner
 
-from baselines import models
+from baselines import loading as models
 from baselines.captioner import Captioner
 from baselines.pmg import PMG, SoftPreference, preference_prompt
 from pigeon_bench.cli import app
 from pigeon_bench.errors import UserError
+from pigeon_bench.generation import create_generator
 
 
 def make(tiny_models: dict[str, Path], **options) -> PMG:  # noqa: F811
     folders = {"sd": tiny_models["sd"], "llm": tiny_models["llama"], "captioner": tiny_models["blip2"]}
-    return PMG(profile="tiny", **{**{k: str(v) for k, v in folders.items()}, **options})
+    return create_generator("pmg", "tiny", options={**{k: str(v) for k, v in folders.items()}, **options})
 
 
 def test_pmg_prompt_is_caption_plus_the_llms_keywords(tiny_models, tiny_dataset) -> None:  # noqa: F811
@@ -95,7 +96,8 @@ def test_finetune_pmg_command_and_its_soft_tokens(tiny_models, tiny_dataset, tmp
 def test_pmg_default_tiny_profile_and_semantics(tiny_dataset) -> None:  # noqa: F811
     requests = test_requests(tiny_dataset)[:1]
     # Tiny folders materialised in the cache; the adapter trained on the fly from data_dir (cached).
-    gen = PMG(profile="tiny", reference_text="semantics", data_dir=str(tiny_dataset))
+    gen = create_generator("pmg", "tiny",
+                           options={"reference_text": "semantics", "data_dir": str(tiny_dataset)})
     result = gen.generate(requests)[0]
     assert result.image.size == (64, 64)
     assert result.metadata["history_captions"] == requests[0].history_texts
@@ -109,13 +111,13 @@ def test_pmg_bad_input_is_a_user_error(tiny_models, tiny_dataset, tmp_path) -> N
     with pytest.raises(UserError, match="model folder not found"):
         make(tiny_models, llm=str(tmp_path / "missing")).load()
     with pytest.raises(UserError, match="reference_text"):
-        make(tiny_models, reference_text="title", soft=False).generate(test_requests(tiny_dataset)[:1])
+        make(tiny_models, reference_text="title", soft=False)
     with pytest.raises(UserError, match="unknown profile"):
-        PMG(profile="huge").load()
+        create_generator("pmg", "huge")
     with pytest.raises(UserError, match="not a PMG adapter folder"):
         make(tiny_models, adapter=str(tmp_path)).generate(test_requests(tiny_dataset)[:1])
-    gen = make(tiny_models)
-    gen.profile = "paper"  # the paper profile never guesses its training data
-    gen.llm, gen.tokenizer = True, None  # (loaded models are irrelevant to this check)
-    with pytest.raises(UserError, match="needs its soft-preference adapter"):
-        gen.load_adapter(test_requests(tiny_dataset)[:1])
+    folders = {"sd": tiny_models["sd"], "llm": tiny_models["llama"], "captioner": tiny_models["blip2"]}
+    gen = create_generator("pmg", "paper", options={k: str(v) for k, v in folders.items()},
+                           dataset=tiny_dataset)
+    with pytest.raises(UserError, match="needs its soft-preference adapter"):  # paper: never guessed
+        gen.prepare()

@@ -8,16 +8,16 @@ import pytest
 import torch
 from test_baselines_tiny import assert_images, pixels, test_requests, tiny_dataset, tiny_models  # noqa: F401
 
-from baselines import models
+from baselines import loading as models
 from baselines.captioner import Captioner
 from baselines.ti import PLACEHOLDER, TextualInversion
 from pigeon_bench.errors import UserError
+from pigeon_bench.generation import create_generator
 
 
 def make(tiny_models: dict[str, Path], **options) -> TextualInversion:  # noqa: F811
-    return TextualInversion(
-        profile="tiny", sdxl=str(tiny_models["sdxl"]), captioner=str(tiny_models["blip2"]), **options
-    )
+    return create_generator("ti", "tiny", options={"sdxl": str(tiny_models["sdxl"]),
+                                                   "captioner": str(tiny_models["blip2"]), **options})
 
 
 def test_ti_images_prompts_and_determinism(tiny_models, tiny_dataset) -> None:  # noqa: F811
@@ -77,15 +77,15 @@ def test_ti_semantics_option_and_paper_defaults(tiny_models, tiny_dataset) -> No
     with torch.inference_mode():  # a caller in inference mode: the inversion still trains
         result = make(tiny_models, reference_text="semantics").generate(requests)[0]
     assert result.metadata["prompt"] == f"{requests[0].reference_text}, in the style of {PLACEHOLDER}"
-    paper = TextualInversion(profile="paper")
-    assert (paper.opt("size"), paper.opt("steps")) == (1024, 50)
-    assert TextualInversion(profile="paper", steps="30").opt("steps") == 30  # CLI strings are cast
+    paper = create_generator("ti", "paper")
+    assert isinstance(paper, TextualInversion) and (paper.opt("size"), paper.opt("steps")) == (1024, 50)
+    assert create_generator("ti", "paper", options={"steps": "30"}).opt("steps") == 30  # CLI strings cast
 
 
 def test_ti_bad_input_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="model folder not found"):
-        TextualInversion(profile="tiny", sdxl=str(tmp_path / "missing")).load()
+        create_generator("ti", "tiny", options={"sdxl": str(tmp_path / "missing")}).load()
     with pytest.raises(UserError, match="option steps"):
-        TextualInversion(profile="tiny", steps="many").opt("steps")
+        create_generator("ti", "tiny", options={"steps": "many"})
     with pytest.raises(UserError, match="cannot load model"):  # a folder that is not a pipeline
         models.load_pipeline("sdxl", str(tmp_path), torch.device("cpu"), torch.float32)

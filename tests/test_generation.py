@@ -21,6 +21,7 @@ from pigeon_bench.generation import (
     GenerationRequest,
     GenerationResult,
     Generator,
+    Option,
     build_request,
     create_generator,
     generators,
@@ -63,15 +64,14 @@ class NoiseGenerator(Generator):
     group = "Test"
     supports_alpha_r = True
 
-    def __init__(self, *, size: int = 16, **kwargs):
-        super().__init__(**kwargs)
-        self.size = size
+    options = (Option("size", int, "image side in pixels", 16),)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         out = []
+        size = self.opt("size")
         for r in requests:
             g = torch.Generator().manual_seed(r.seed)
-            noise = torch.randint(0, 256, (self.size, self.size, 3), generator=g, dtype=torch.uint8).numpy()
+            noise = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
             noise[..., 0] = int(255 * (r.alpha_r or 0.0))
             out.append(GenerationResult(Image.fromarray(noise), {"alpha_r": r.alpha_r}))
         return out
@@ -144,8 +144,10 @@ def test_unknown_method_and_option_and_dtype_are_user_errors(noise_method):
         create_generator(noise_method, options={"colour": 1})
     with pytest.raises(UserError, match="unknown dtype"):
         create_generator(noise_method, dtype="int8")
-    gen = create_generator(noise_method, dtype="bfloat16", options={"size": 8})
-    assert gen.size == 8 and gen.dtype == torch.bfloat16
+    with pytest.raises(UserError, match=r"option size='big' is not a valid int"):
+        create_generator(noise_method, options={"size": "big"})
+    gen = create_generator(noise_method, dtype="bfloat16", options={"size": "8"})
+    assert gen.opt("size") == 8 and gen.dtype == torch.bfloat16
 
 
 def test_method_dirname():

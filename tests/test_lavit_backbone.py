@@ -16,7 +16,7 @@ from pigeon.lavit.config import CONFIG_FILE, DECODER_FILE, EVA_FILE, LM_DIR, PIX
 from pigeon_bench.data import Dataset
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import build_request, generators
+from pigeon_bench.generation import build_request, create_generator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -190,8 +190,8 @@ def test_pigeon_generator_trains_and_generates_on_lavit(folder, tmp_path):
     ds = _tiny_dataset(tmp_path / "data")
     requests = [build_request(ds, s, run_seed=0, alpha_r=a)
                 for s, a in zip(ds.samples("test"), (0.0, 1.0), strict=True)]
-    gen = generators.get("pigeon")(profile="tiny", backbone="lavit", backbone_path=str(folder),
-                                   data_dir=str(ds.root), sft_steps=2)
+    gen = create_generator("pigeon", "tiny", options={"backbone": "lavit", "backbone_path": str(folder),
+                                                      "data_dir": str(ds.root), "sft_steps": 2})
     results = gen.generate(requests)
     assert [(r.image.mode, r.image.size) for r in results] == [("RGB", (32, 32))] * 2
     assert all(1 <= r.metadata["n_tokens"] <= TINY.num_patches for r in results)

@@ -104,10 +104,10 @@ def test_models_cli_lists_and_checks_found_weights(paper_env):
 
     from pigeon_bench.cli import app
 
-    res = CliRunner().invoke(app, ["models", "list"])
+    res = CliRunner().invoke(app, ["models", "list", "--role", "scoring"])
     assert res.exit_code == 0, res.output
     assert "MISSING" not in res.output and W.VGG16_FILE in res.output and REV in res.output
-    res = CliRunner().invoke(app, ["models", "check"])
+    res = CliRunner().invoke(app, ["models", "check", "--role", "scoring"])
     assert res.exit_code == 0, res.output
     fp = W.files_fingerprint(W.resolve("fid-inception").paths)
     assert f"fid-inception: {fp}" in res.output
@@ -130,9 +130,9 @@ def test_missing_weights_give_one_error_listing_all(tmp_path, monkeypatch):
 
     from pigeon_bench.cli import app
 
-    res = CliRunner().invoke(app, ["models", "check"])
+    res = CliRunner().invoke(app, ["models", "check", "--role", "scoring"])
     assert res.exit_code == 2 and "missing weights" in res.output
-    assert CliRunner().invoke(app, ["models", "list"]).output.count("MISSING") == 4
+    assert CliRunner().invoke(app, ["models", "list", "--role", "scoring"]).output.count("MISSING") == 4
     monkeypatch.setenv(W.env_var("lpips-vgg"), str(tmp_path / "nowhere.pth"))
     with pytest.raises(UserError, match="nowhere"):
         B.build("paper")

@@ -15,12 +15,16 @@ import pytest
 from PIL import Image
 from test_generation import NoiseGenerator, make_dataset, registered
 
-from pigeon_bench import fileio
-from pigeon_bench import run as runs
+from pigeon_bench import fileio, runs
 from pigeon_bench.cli import main
 from pigeon_bench.errors import UserError
-from pigeon_bench.generation import ALPHA_R_GRID
-from pigeon_bench.schema import PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+from pigeon_bench.generation import ALPHA_R_GRID, option_pairs
+from pigeon_bench.profiles import TINY
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.runs import RunFolder, Sweep
+from pigeon_bench.runs import selection as sel
+from pigeon_bench.runs.pipeline import resolve_data
+from pigeon_bench.schema import PER_SAMPLE_METRICS
 
 
 @pytest.fixture
@@ -49,7 +53,7 @@ def test_generate_writes_a_run_folder(dataset_dir, tmp_path):
     ref = np.asarray(Image.open(dataset_dir / "images" / "i7.png").convert("RGB"))
     assert np.array_equal(np.asarray(Image.open(out / "images" / "s0.png")), ref)
     assert json.loads((out / "meta" / "s0.json").read_text()) == {"source": "i7"}
-    disk = runs.read_manifest(out)
+    disk = RunFolder(out).manifest()
     assert disk == json.loads(json.dumps(m))
     assert (disk["method"], disk["label"], disk["group"], disk["scenario"], disk["split"]) == \
         ("grd", "Grd", "Reference", "sticker", "test")
@@ -92,7 +96,7 @@ def test_resume_generates_only_missing_images(dataset_dir, tmp_path, counting_me
     partial = tmp_path / "partial"
     shutil.copytree(full, partial)
     (partial / "images" / "v1.png").unlink()
-    manifest = runs.read_manifest(partial)
+    manifest = RunFolder(partial).manifest()
     fileio.write_json(partial / "manifest.json", {**manifest, "complete": False})
     (partial / "images" / ".v1.png.abc.tmp.png").write_bytes(b"half")
     CountingNoise.calls = []
@@ -104,7 +108,7 @@ def test_resume_generates_only_missing_images(dataset_dir, tmp_path, counting_me
     CountingNoise.calls = []
     again = runs.generate(spec(dataset_dir, counting_method, split="valid"), partial)
     assert CountingNoise.calls == [] and again["counts"] == {"n": 2, "generated": 0, "skipped": 2}
-    assert runs.read_manifest(partial)["counts"]["generated"] == 1  # the manifest of the finished run
+    assert RunFolder(partial).manifest()["counts"]["generated"] == 1  # the manifest of the finished run
 
 
 def test_resume_refuses_other_arguments_and_foreign_folders(dataset_dir, tmp_path, noise_method):
@@ -137,19 +141,19 @@ def test_bad_generate_arguments(dataset_dir, tmp_path, noise_method):
 
 
 def test_parse_options():
-    assert runs.parse_options(["checkpoint=/a=b", "steps=4", "fast=true", "name=x"]) == \
+    assert option_pairs(["checkpoint=/a=b", "steps=4", "fast=true", "name=x"]) == \
         {"checkpoint": "/a=b", "steps": 4, "fast": True, "name": "x"}
     with pytest.raises(UserError, match="key=value"):
-        runs.parse_options(["oops"])
+        option_pairs(["oops"])
 
 
 def test_sweep_layout(dataset_dir, tmp_path, noise_method):
     out = tmp_path / "sweep"
     top = runs.generate(spec(dataset_dir, noise_method, sweep=True), out)
     assert top["sweep"] == list(ALPHA_R_GRID) and top["counts"] == {"n": 22, "generated": 22, "skipped": 0}
-    assert runs.run_folders(out) == [out / f"alpha_r={a:.1f}" for a in ALPHA_R_GRID]
-    for a, d in zip(ALPHA_R_GRID, runs.run_folders(out), strict=True):
-        m = runs.read_manifest(d)
+    assert [r.path for r in runs.scoreable(out)] == [out / f"alpha_r={a:.1f}" for a in ALPHA_R_GRID]
+    for a, d in zip(ALPHA_R_GRID, [r.path for r in runs.scoreable(out)], strict=True):
+        m = RunFolder(d).manifest()
         assert m["alpha_r"] == a and m["label"] == f"noise (α_r={a:.1f})" and m["complete"]
         assert np.asarray(Image.open(d / "images" / "s1.png"))[0, 0, 0] == int(255 * a)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
@@ -157,7 +161,7 @@ def test_sweep_layout(dataset_dir, tmp_path, noise_method):
     assert again["counts"] == {"n": 22, "generated": 0, "skipped": 22}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # a finished sweep is left untouched
     # Same noise across α_r for one sample (the seed does not depend on α_r): only the tint changes.
-    s0 = [np.asarray(Image.open(d / "images" / "s0.png"))[..., 1] for d in runs.run_folders(out)]
+    s0 = [np.asarray(Image.open(r.image_path("s0")))[..., 1] for r in runs.scoreable(out)]
     assert all(np.array_equal(s0[0], x) for x in s0)
 
 
@@ -175,23 +179,23 @@ def test_choose_per_sample_maximizes_the_mean_of_p_cis_and_a_cs():
         0.5: frame(ids, [40, 60, 20], [80, 40, 40]),  # means 60, 50, 30
         1.0: frame(ids, [90, 80, 10], [10, 0, 50]),   # means 50, 40, 30
     }
-    picks = runs.choose_per_sample(scores)
+    picks = sel.choose_per_sample(scores)
     assert list(picks["sample_id"]) == ids
     assert list(picks["alpha_r"]) == [0.5, 0.5, 0.0]  # s2: a three-way tie goes to the smallest α_r
     assert list(picks["criterion"]) == [60, 50, 30]
     # p_cis alone would pick α_r=1.0 for s0: the rule really averages both.
     scores[0.5] = frame(ids, [40, 60, 20], [50, 40, 40])
-    assert runs.choose_per_sample(scores)["alpha_r"].iloc[0] == 0.0
+    assert sel.choose_per_sample(scores)["alpha_r"].iloc[0] == 0.0
 
 
 def test_choose_per_sample_needs_the_same_samples_everywhere():
     with pytest.raises(UserError, match="same samples"):
-        runs.choose_per_sample({0.0: frame(["a"], [1], [1]), 0.1: frame(["b"], [1], [1])})
+        sel.choose_per_sample({0.0: frame(["a"], [1], [1]), 0.1: frame(["b"], [1], [1])})
 
 
 def test_choose_fixed_picks_the_best_mean():
     ids = ["a", "b"]
-    best, means = runs.choose_fixed({0.0: frame(ids, [0, 0], [50, 50]), 0.3: frame(ids, [40, 40], [40, 80]),
+    best, means = sel.choose_fixed({0.0: frame(ids, [0, 0], [50, 50]), 0.3: frame(ids, [40, 40], [40, 80]),
                                      0.6: frame(ids, [100, 0], [60, 60])})
     assert best == 0.6 and means == {0.0: 25.0, 0.3: 50.0, 0.6: 55.0}
 
@@ -223,28 +227,28 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     runs.generate(spec(dataset_dir, noise_method, sweep=True), test_sweep)
     runs.generate(spec(dataset_dir, noise_method, sweep=True, split="valid"), valid_sweep)
     scorer = RedScorer()
-    selected, chosen = runs.select(test_sweep, scorer, valid_sweep)
+    selected, chosen = (r.path for r in runs.select(Sweep(test_sweep), scorer, Sweep(valid_sweep)))
     assert len(scorer.scored) == 23 and scorer.scored[-1] == selected  # valid-chosen copies its α_r's scores
 
     picks = pd.read_parquet(selected / "selection.parquet")
     assert dict(zip(picks["sample_id"], picks["alpha_r"], strict=True)) == {"s0": 0.3, "s1": 0.8}
     assert image_bytes(selected)["s0.png"] == image_bytes(test_sweep / "alpha_r=0.3")["s0.png"]
     assert image_bytes(selected)["s1.png"] == image_bytes(test_sweep / "alpha_r=0.8")["s1.png"]
-    m = runs.read_manifest(selected)
+    m = RunFolder(selected).manifest()
     assert m["selection"] == "test-time best of 11" and m["label"] == "noise"
     assert m["alpha_r"] is None and "sweep" not in m and m["sample_ids"] == ["s0", "s1"]
 
     # On the valid split both samples peak at 0.6: one α_r for every test sample, chosen without test metrics.
-    c = runs.read_manifest(chosen)
+    c = RunFolder(chosen).manifest()
     assert c["selection"] == "fixed α_r=0.6 chosen on valid" and c["alpha_r"] == 0.6 and c["split"] == "test"
     assert image_bytes(chosen) == image_bytes(test_sweep / "alpha_r=0.6")
     pd.testing.assert_frame_equal(pd.read_parquet(chosen / "scores.parquet"),
                                   pd.read_parquet(test_sweep / "alpha_r=0.6" / "scores.parquet"))
 
     with pytest.raises(UserError, match="not 'valid'"):
-        runs.select(test_sweep, scorer, test_sweep)
+        runs.select(Sweep(test_sweep), scorer, Sweep(test_sweep))
     with pytest.raises(UserError, match="not a sweep"):
-        runs.select(selected, scorer)
+        runs.select(Sweep(selected), scorer)
 
 
 # ---------------------------------------------------------------- CLI
@@ -327,16 +331,16 @@ def test_run_without_data_uses_the_demo_world_and_the_tiny_profile(dataset_dir, 
     import pigeon_bench.data.demo as demo
 
     monkeypatch.setattr(demo, "ensure_demo_datasets", lambda: {"sticker": dataset_dir, "movie": dataset_dir})
-    assert runs.resolve_data("sticker", None, None) == (dataset_dir, "tiny")
+    assert resolve_data(runs.Experiment("sticker")) == (dataset_dir, TINY)
     assert "offline demo world" in capsys.readouterr().err
-    assert runs.resolve_data("sticker", dataset_dir, None) == (dataset_dir, "paper")
-    assert runs.resolve_data("movie", dataset_dir, "tiny") == (dataset_dir, "tiny")
+    assert resolve_data(runs.Experiment("sticker", data=dataset_dir)) == (dataset_dir, None)
+    assert resolve_data(runs.Experiment("movie", data=dataset_dir, profile="tiny")) == (dataset_dir, None)
     assert capsys.readouterr().err == ""
 
 
 def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise_method):
-    spec = runs.RunSpec(scenario="sticker", data=dataset_dir, methods=["grd", "hist", noise_method],
-                        profile="tiny", out=tmp_path / "runs", valid=False)  # valid: test_select_writes_...
+    spec = runs.Experiment(scenario="sticker", data=dataset_dir, methods=["grd", "hist", noise_method],
+                           profile="tiny", out=tmp_path / "runs", valid=False)  # valid: see test_select_...
     from pigeon_bench.scoring import Scorer
 
     scorer = Scorer(profile="tiny", resize=176, n_boot=50, progress=False)  # 176 px: MS-SSIM's smallest
@@ -364,4 +368,4 @@ def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise
 
 def test_run_refuses_a_dataset_of_another_scenario(dataset_dir, tmp_path):
     with pytest.raises(UserError, match="is a 'sticker' dataset, not 'movie'"):
-        runs.run(runs.RunSpec(scenario="movie", data=dataset_dir, methods=["grd"], out=tmp_path))
+        runs.run(runs.Experiment(scenario="movie", data=dataset_dir, methods=["grd"], out=tmp_path))

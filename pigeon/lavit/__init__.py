@@ -23,7 +23,7 @@ __all__ = ["REPO_ID", "TINY", "LaVITBackbone", "LaVITConfig", "ensure_tiny_lavit
 
 @backbones.register("lavit")
 def build_lavit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                path: str | Path = REPO_ID, **overrides: Any) -> LaVITBackbone:
-    """The "lavit" backbone factory."""
+                path: str | Path = REPO_ID, data: object = None, **overrides: Any) -> LaVITBackbone:
+    """The "lavit" backbone factory (``data``, the dataset a tiny backbone pretrains on, is not used)."""
     folder = ensure_tiny_lavit_folder() if str(path) == "tiny" else path
     return LaVITBackbone.from_pretrained(folder, dtype=dtype, device=device, **overrides)

@@ -94,6 +94,18 @@ class Dataset:
         p = Path(self.item(item_id).image_path)
         return p if p.is_absolute() else self.root / p
 
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the dataset's tables (items and samples): its identity, and the cache key of what is
+        trained on it."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("items.parquet", "samples.parquet"):
+            path = self.root / name
+            h.update(path.read_bytes() if path.is_file() else b"")
+        return h.hexdigest()
+
     @property
     def scenario(self) -> str | None:
         return self.stats.get("scenario")

@@ -370,22 +370,24 @@ backbones.register("fid-inception", BackboneDef(
     lambda p: load_fid_inception(p[0]), tiny_inception))
 
 
-def build(profile: str, device: str = "cpu", weights: dict[str, str | Path] | None = None,
-          seed: int = 0) -> dict[str, Backbone]:
+def build(profile, device: str = "cpu", weights: dict[str, str | Path] | None = None,
+          seed: int = 0, ids: tuple[str, ...] | None = None) -> dict[str, Backbone]:
     """All backbones of a profile. Paper: weights resolved up front (one error lists all missing), loaded
     lazily; tiny: seeded random weights of small architectures, built now (seconds, offline)."""
+    profile = getattr(profile, "name", profile)
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    chosen = ids or BACKBONE_IDS
     out: dict[str, Backbone] = {}
     if profile == "paper":
-        resolved = W.require(list(BACKBONE_IDS), weights)
-        for bid in BACKBONE_IDS:
+        resolved = W.require(list(chosen), weights)
+        for bid in chosen:
             d = backbones.get(bid)
             paths = resolved[bid].paths
             out[bid] = d.cls(bid, W.files_fingerprint(paths), d.preprocess,
                              _to_device(lambda d=d, paths=paths: d.paper(paths), device), device)
         return out
-    for bid in BACKBONE_IDS:
+    for bid in chosen:
         d = backbones.get(bid)
         loaded, fingerprint = _tiny(bid, seed, device)
         out[bid] = d.cls(bid, fingerprint, "tiny|" + d.preprocess, lambda loaded=loaded: loaded, device)

@@ -1,0 +1,105 @@
+"""The method package's command groups: `pigeon-bench train sft|dpo` (mounted by pigeon_bench.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pigeon_bench.errors import UserError
+
+train_app = typer.Typer(help="Train Pigeon: stage 1 (SFT) and stage 2 (DPO).", no_args_is_help=True,
+                        rich_markup_mode=None)
+
+
+def _pigeon_config(alpha_h: float, history_mask: bool, visual_feature: bool, textual_tokens: bool,
+                   encoding: bool, reference_mask: str):
+    from pigeon.model import PigeonConfig
+
+    return PigeonConfig(alpha_h=alpha_h, history_mask=history_mask, visual_feature=visual_feature,
+                        textual_tokens=textual_tokens, encoding=encoding, reference_mask=reference_mask)
+
+
+def _train_summary(meta: dict, out: Path, key: str) -> str:
+    from pigeon.train import margin_summary
+
+    first, last = margin_summary(meta["log"], key)
+    return (f"{meta['stage']}: {meta['step']} steps, {key} {first:.4f} -> {last:.4f} (mean of first/last 10 "
+            f"steps), {meta.get('seconds', 0):.1f} s; checkpoint {out}")
+
+
+_TrainData = Annotated[Path, typer.Option(help="Dataset folder; its train split is the training data.")]
+_TrainOut = Annotated[Path, typer.Option(help="Checkpoint folder (resumes from its last saved step).")]
+_TrainBackbone = Annotated[str, typer.Option(help="LMM backbone: lavit or tiny.")]
+_BackbonePath = Annotated[str | None, typer.Option(
+    help="Backbone weights (LaVIT folder or hub id; tiny: a saved tiny folder). Default: lavit's release; "
+         "tiny: pretrained on --data and cached.")]
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: _TrainData,
+    out: _TrainOut,
+    backbone: _TrainBackbone = "tiny",
+    backbone_path: _BackbonePath = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 4,
+    lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-5).")] = 1e-5,
+    seed: Annotated[int, typer.Option(help="Seed of batches, α_r draws and Gumbel noise.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 50,
+    alpha_h: Annotated[float, typer.Option(help="History mask ratio α_h.")] = 0.2,
+    history_mask: Annotated[bool, typer.Option(help="Ablation: --no-history-mask (Fig. 4(a)).")] = True,
+    visual_feature: Annotated[bool, typer.Option(help="Ablation: --no-visual-feature (Table 3).")] = True,
+    textual_tokens: Annotated[bool, typer.Option(help="Ablation: --no-textual-tokens (Table 3).")] = True,
+    encoding: Annotated[bool, typer.Option(help="Ablation: --no-encoding (Table 3).")] = True,
+    reference_mask: Annotated[str, typer.Option(
+        help="dual (Pigeon), low, high (Fig. 4(d)), none (Fig. 4(c)), random.")] = "dual",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Stage 1: masked preference reconstruction (SFT of mask generator, adapter and LoRA)."""
+    from pigeon.train import TrainSpec, train_sft
+
+    if steps < 1 or batch_size < 1 or save_every < 1:
+        raise UserError("--steps, --batch-size and --save-every must be at least 1")
+    spec = TrainSpec(data=data, out=out, backbone=backbone,
+                     backbone_options={"path": backbone_path} if backbone_path else {}, steps=steps,
+                     batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, device=device,
+                     config=_pigeon_config(alpha_h, history_mask, visual_feature, textual_tokens, encoding,
+                                           reference_mask))
+    typer.echo(_train_summary(train_sft(spec), out, "loss"))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    data: _TrainData,
+    out: _TrainOut,
+    init: Annotated[Path, typer.Option(help="The stage-1 (SFT) checkpoint; also the frozen DPO reference.")],
+    backbone: _TrainBackbone = "tiny",
+    backbone_path: _BackbonePath = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Preference pairs per step.")] = 4,
+    lr: Annotated[float, typer.Option(help="Learning rate (paper: 1e-5).")] = 1e-5,
+    beta: Annotated[float, typer.Option(help="DPO β.")] = 0.1,
+    prompts: Annotated[int, typer.Option(help="Train prompts to build preference pairs from (11 candidates "
+                                              "each, α_r = 0.0..1.0).")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of prompts, candidates, batches and α_r draws.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 25,
+    scorer_profile: Annotated[str, typer.Option(help="Scoring profile of the CLIP reward: tiny or paper.")]
+        = "tiny",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Stage 2: DPO on chosen/rejected candidates ranked by CLIP similarity to the history (LoRA only)."""
+    from pigeon.train import PREFERENCES, DPOSpec, train_dpo
+
+    if steps < 1 or batch_size < 1 or save_every < 1 or prompts < 1:
+        raise UserError("--steps, --batch-size, --save-every and --prompts must be at least 1")
+    spec = DPOSpec(data=data, out=out, init=init, backbone=backbone,
+                   backbone_options={"path": backbone_path} if backbone_path else {}, steps=steps,
+                   batch_size=batch_size, lr=lr, seed=seed, save_every=save_every, device=device, beta=beta,
+                   prompts=prompts, scorer_profile=scorer_profile)
+    meta = train_dpo(spec)
+    typer.echo(_train_summary(meta, out, "margin") + f"; preference pairs in {out / PREFERENCES}")
+
+
+COMMANDS = {"train": train_app}

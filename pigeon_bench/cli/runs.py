@@ -1,0 +1,136 @@
+"""`pigeon-bench generate`, `run`, `select` and `score`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pigeon_bench.profiles import HELP as PROFILE_HELP
+
+_OPTION_HELP = "Method option key=value (repeatable), e.g. -o checkpoint=PATH (see `pigeon-bench methods`)."
+
+
+def generate(
+    data: Annotated[Path, typer.Option(help="Dataset folder (items.parquet, samples.parquet, stats.json).")],
+    method: Annotated[str, typer.Option(help="Registered method name, e.g. grd, hist, pigeon.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write (an existing one is resumed).")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="At most this many samples (file order).")] = None,
+    alpha_r: Annotated[float | None, typer.Option("--alpha-r", help="Reference mask ratio, 0 to 1.")] = None,
+    sweep: Annotated[bool, typer.Option(help="Generate every alpha_r in 0.0, 0.1, ..., 1.0.")] = False,
+    seed: Annotated[int, typer.Option(help="Run seed; each sample's seed derives from it and its id.")] = 0,
+    profile: Annotated[str | None, typer.Option(
+        help=PROFILE_HELP + ". Default: the one the options imply (a checkpoint's), else paper.")] = None,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Requests per generator call.")] = 4,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help=_OPTION_HELP)] = None,
+) -> None:
+    """Generate one method's images for a dataset split into a resumable run folder."""
+    from pigeon_bench.generation import option_pairs
+    from pigeon_bench.runs import GenerateSpec, generate
+
+    spec = GenerateSpec(data=data, method=method, split=split, limit=limit, alpha_r=alpha_r, sweep=sweep,
+                        seed=seed, profile=profile, device=device, dtype=dtype, batch_size=batch_size,
+                        options=option_pairs(option or []))
+    manifest = generate(spec, out)
+    c = manifest["counts"]
+    typer.echo(f"{out}: {c['generated']} generated, {c['skipped']} skipped (already on disk), "
+               f"{c['n']} in all")
+
+
+def run(
+    scenario: Annotated[str | None, typer.Option(help="sticker or movie (or the config's).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Experiment TOML file (methods, per-method options, models, weights, ...); flags override it.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder; default: the offline demo world, built into the cache (tiny profile).")] = None,
+    methods: Annotated[list[str] | None, typer.Option(
+        help="Methods to run (repeatable or comma-separated); default: every registered method.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help=PROFILE_HELP + ". Default: the one the options imply, else paper with --data, tiny on the "
+                            "demo world.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many samples per split.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output root; runs go to OUT/<scenario>/ (default runs).")
+                   ] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed (default 0).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device for generation and scoring.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (generation).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Requests per generator call (default 4).")] = None,
+    valid: Annotated[bool | None, typer.Option(
+        help="For alpha_r methods, also sweep the valid split and pick one fixed alpha_r there.")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="METHOD.KEY=VALUE (one method) or KEY=VALUE (every method that has it), "
+                               "repeatable, e.g. -o pigeon.checkpoint=CKPT.")] = None,
+) -> None:
+    """Generate, score, select and report every method on one scenario (resumable)."""
+    from pigeon_bench.runs import experiment, run
+
+    names = [n.strip() for m in (methods or []) for n in m.split(",") if n.strip()] or None
+    exp = experiment(config, option or [], scenario=scenario, data=data, methods=names, profile=profile,
+                     limit=limit, out=out, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
+                     valid=valid)
+    text, path = run(exp)
+    typer.echo(text)
+    typer.echo(f"report written to {path}", err=True)
+
+
+def select(
+    run: Annotated[Path, typer.Argument(help="A sweep run folder (generate --sweep).")],
+    valid_run: Annotated[Path | None, typer.Option(
+        help="A sweep of the same method on the valid split: also pick one fixed alpha_r there.")] = None,
+    device: Annotated[str, typer.Option(help="torch device for scoring.")] = "cpu",
+) -> None:
+    """Pick alpha_r per sample (test-time best of 11, the paper's rule) and score the selection as a run."""
+    from pigeon_bench.profiles import get_profile
+    from pigeon_bench.runs import Sweep, select
+    from pigeon_bench.runs.pipeline import make_scorer
+
+    sweep = Sweep(run)
+    scorer = make_scorer(get_profile(sweep.manifest().get("profile")), device)
+    for folder in select(sweep, scorer, Sweep(valid_run) if valid_run else None):
+        typer.echo(f"{folder}: {folder.manifest()['selection']}")
+
+
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (images/<id>.png, manifest.json) or sweep.")],
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder; default: the manifest's \"data\".")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help=PROFILE_HELP + ". Default: the manifest's profile, else paper.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images per backbone forward.")] = 16,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Cache root (default: $PIGEON_BENCH_CACHE or the user cache dir).")] = None,
+) -> None:
+    """Score a run folder (or every α_r folder of a sweep): writes scores.parquet and summary.json."""
+    import warnings
+
+    from pigeon_bench.profiles import get_profile
+    from pigeon_bench.runs import RunFolder, scoreable
+    from pigeon_bench.scoring import Scorer
+
+    folders = scoreable(run_dir)
+    recorded = RunFolder(run_dir).manifest_or_empty().get("profile")
+    scorer = Scorer(profile=get_profile(profile or recorded).name, device=device, batch_size=batch_size,
+                    cache_dir=cache_dir)
+    for folder in folders:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            summary = scorer.score_run(folder.path, data)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items())
+        typer.echo(f"{folder}: n={summary['n']}  {means}")
+        if summary["notice"]:
+            typer.echo(summary["notice"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+    app.command("run")(run)
+    app.command()(select)
+    app.command("score")(score)

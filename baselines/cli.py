@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pigeon_bench.errors import UserError
+from pigeon_bench.profiles import DEFAULT as DEFAULT_PROFILE
 from pigeon_bench.profiles import HELP as PROFILE_HELP
 
 baselines_app = typer.Typer(help="Train baseline adapters (LLaVA LoRA, PMG soft tokens).",
@@ -25,7 +26,7 @@ def baselines_finetune_llava(
     limit: Annotated[int | None, typer.Option(help="Use at most this many training samples.")] = None,
     base: Annotated[str | None, typer.Option(help="LLaVA hub id or folder (default: the profile's).")] = None,
     captioner: Annotated[str | None, typer.Option(help="Captioner hub id or folder (BLIP-2).")] = None,
-    profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = "paper",
+    profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = DEFAULT_PROFILE.name,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Shuffling and initialisation seed.")] = 0,
@@ -55,7 +56,7 @@ def baselines_finetune_pmg(
     llm: Annotated[str | None, typer.Option(help="LLM hub id or folder (default: the profile's).")] = None,
     sd: Annotated[str | None, typer.Option(help="Stable Diffusion hub id or folder.")] = None,
     captioner: Annotated[str | None, typer.Option(help="Captioner hub id or folder (BLIP-2).")] = None,
-    profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = "paper",
+    profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = DEFAULT_PROFILE.name,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Shuffling, noise and initialisation seed.")] = 0,

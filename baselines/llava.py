@@ -23,7 +23,7 @@ from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, GenerationResult, Option, generators
-from pigeon_bench.profiles import ByProfile, Profile
+from pigeon_bench.profiles import PAPER, ByProfile, Profile
 
 FINETUNE_META = "finetune.json"
 LORA_TARGETS = (
@@ -204,7 +204,7 @@ def finetune_llava(
     data: str | Path,
     out: str | Path,
     base_model: str | None = None,
-    profile: Profile | str = "paper",
+    profile: Profile | str = PAPER,
     steps: int = 0,
     lr: float = 1e-5,
     rank: int = 8,

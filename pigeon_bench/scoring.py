@@ -405,3 +405,17 @@ def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: 
     """Convenience wrapper: a one-off Scorer for one run folder."""
     return Scorer(profile=profile, device=device, batch_size=batch_size, cache_dir=cache_dir).score_run(
         run_dir, data_dir)
+
+
+def sample_inputs(dataset: Dataset, sample: Sample, generated: ImageSource) -> SampleInputs:
+    """What ``sample`` of ``dataset`` is scored on, with ``generated`` as its generated image."""
+    return SampleInputs(sample.sample_id, generated, [dataset.image_path(h) for h in sample.history],
+                        [dataset.item(h).semantics for h in sample.history],
+                        dataset.image_path(sample.reference_id), dataset.item(sample.reference_id).semantics)
+
+
+def score_samples(samples: Sequence[SampleInputs], profile: str = "paper", **scorer_options) -> pd.DataFrame:
+    """Per-sample metrics (sample_id + the per-sample columns) of ``samples``, with a one-off Scorer."""
+    return Scorer(profile=getattr(profile, "name", profile), progress=False, **scorer_options
+                  ).score_samples(samples)[0]
+

@@ -8,6 +8,7 @@ import typer
 
 from pigeon_bench.cli import group
 from pigeon_bench.errors import UserError
+from pigeon_bench.profiles import DEFAULT as DEFAULT_PROFILE
 from pigeon_bench.profiles import HELP as PROFILE_HELP
 
 models_app = group("List, check and prefetch every model a profile uses (scoring backbones and methods' "
@@ -30,7 +31,7 @@ def _select(ids: list[str] | None, role: str | None) -> list[str]:
 
 @models_app.command("list")
 def models_list(ids: _IDS = None, role: _ROLE = None,
-                profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = "paper") -> None:
+                profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = DEFAULT_PROFILE.name) -> None:
     """Show each model, what uses it and where its weights are (no hashing, no loading)."""
     from pigeon_bench import weights
     from pigeon_bench.profiles import get_profile
@@ -52,7 +53,7 @@ def models_list(ids: _IDS = None, role: _ROLE = None,
 
 @models_app.command("check")
 def models_check(ids: _IDS = None, role: _ROLE = None,
-                 profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = "paper") -> None:
+                 profile: Annotated[str, typer.Option(help=PROFILE_HELP)] = DEFAULT_PROFILE.name) -> None:
     """Resolve every selected model and print its fingerprint; exit 2 naming all that are missing."""
     from pigeon_bench import weights
     from pigeon_bench.profiles import get_profile
@@ -91,7 +92,8 @@ def models_prefetch(ids: _IDS = None, role: _ROLE = None) -> None:
 
 def methods(
     names: Annotated[list[str] | None, typer.Argument(help="Methods to describe (default: all).")] = None,
-    profile: Annotated[str, typer.Option(help="The defaults of this profile: " + PROFILE_HELP)] = "paper",
+    profile: Annotated[str, typer.Option(help="The defaults of this profile: " + PROFILE_HELP)
+                       ] = DEFAULT_PROFILE.name,
 ) -> None:
     """List the registered methods, their Table 1 groups and their options with defaults."""
     from pigeon_bench.generation import display_label, generators

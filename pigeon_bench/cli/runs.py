@@ -96,7 +96,7 @@ def select(
 
 
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (images/<id>.png, manifest.json) or sweep.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (or sweep) written by generate.")],
     data: Annotated[Path | None, typer.Option(
         help="Dataset folder; default: the manifest's \"data\".")] = None,
     profile: Annotated[str | None, typer.Option(
@@ -106,7 +106,7 @@ def score(
     cache_dir: Annotated[Path | None, typer.Option(
         help="Cache root (default: $PIGEON_BENCH_CACHE or the user cache dir).")] = None,
 ) -> None:
-    """Score a run folder (or every α_r folder of a sweep): writes scores.parquet and summary.json."""
+    """Score a run folder (or every α_r folder of a sweep): writes its per-sample scores and summary."""
     import warnings
 
     from pigeon_bench.profiles import get_profile

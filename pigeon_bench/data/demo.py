@@ -14,9 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +21,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from pigeon_bench import fileio
+from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.build import progress
+from pigeon_bench.data.model import Dataset
 from pigeon_bench.data.sticker import EMOTIONS
-from pigeon_bench.paths import cache_dir
 
 DEMO_VERSION = 2  # bump when the drawings or the sizes change: the cache key includes it
 
@@ -461,33 +458,24 @@ def build_demo_datasets(world: Path, out: Path, seed: int = 0,
 
 def ensure_demo_datasets(cache_root: str | Path | None = None, seed: int = 0,
                          sizes: DemoSizes | None = None) -> dict[str, Path]:
-    """The demo datasets {"sticker": dir, "movie": dir}, built once into ``<cache>/demo/v<N>/seed-<seed>/``.
-
-    The world and both datasets are written to a temporary folder that is renamed into place, under a file
-    lock, so concurrent callers either build it or wait and reuse it. Other ``sizes`` get their own folder.
-    """
-    from filelock import FileLock
-
+    """The demo datasets {"sticker": dir, "movie": dir}, built once into ``<cache>/demo/v<N>/seed-<seed>/``
+    (an artifact: see ``pigeon_bench.artifacts``). Other ``sizes`` get their own folder."""
     sizes = sizes or DemoSizes()
     name = f"seed-{seed}"
     if sizes != DemoSizes():
         name += "-" + "-".join(str(v) for v in dataclasses.astuple(sizes))
-    base = cache_dir(cache_root) / "demo" / f"v{DEMO_VERSION}"
-    final = base / name
-    result = {"sticker": final / "sticker", "movie": final / "movie"}
-    if final.is_dir():
-        return result
-    base.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(base / f"{name}.lock")):
-        if final.is_dir():
-            return result
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}-"))
-        tmp.chmod(0o755)
-        try:
-            write_demo_world(tmp / "world", seed, sizes)
-            build_demo_datasets(tmp / "world", tmp, seed)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return result
+
+    def build(tmp: Path) -> None:
+        write_demo_world(tmp / "world", seed, sizes)
+        build_demo_datasets(tmp / "world", tmp, seed)
+
+    final = artifacts.ensure(f"demo/v{DEMO_VERSION}", name, build, root=cache_root)
+    return {"sticker": final / "sticker", "movie": final / "movie"}
+
+
+def demo_dataset(scenario: str) -> Dataset:
+    """The demo world's dataset of ``scenario`` (sticker or movie), built once into the cache."""
+    from pigeon_bench.scenarios import scenarios
+
+    return Dataset(ensure_demo_datasets()[scenarios.get(scenario).demo_key])
+

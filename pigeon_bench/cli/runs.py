@@ -74,8 +74,9 @@ def run(
                      limit=limit, out=out, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
                      valid=valid)
     text, path = run(exp)
-    typer.echo(text)
-    typer.echo(f"report written to {path}", err=True)
+    if text:  # under torchrun, rank 0 reports
+        typer.echo(text)
+        typer.echo(f"report written to {path}", err=True)
 
 
 def select(

@@ -191,49 +191,62 @@ def data_import_official(
 _PROFILE_HELP = "paper (the paper's models; local weights) or tiny (seeded random, offline; not comparable)."
 
 
+_ROLE = Annotated[str | None, typer.Option(help="Only this role's models (scoring: the backbones).")]
+
+
+def _check_role(role: str | None) -> None:
+    from pigeon_bench import weights
+
+    if role not in (None, weights.SCORING):
+        raise UserError(f"unknown role {role!r} (this command lists the {weights.SCORING} backbones)")
+
+
 @models_app.command("list")
 def models_list(
     profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "paper",
+    role: _ROLE = None,
 ) -> None:
     """Show each backbone of a profile and where its weights are (no hashing, no loading)."""
+    from pigeon_bench import weights
     from pigeon_bench.metrics import backbones as B
-    from pigeon_bench.metrics import weights as W
+    from pigeon_bench.profiles import get_profile
 
-    if profile not in B.PROFILES:
-        raise UserError(f"unknown profile {profile!r} (known: {', '.join(B.PROFILES)})")
+    _check_role(role)
+    prof = get_profile(profile)
     for bid in B.BACKBONE_IDS:
-        d = B.backbones.get(bid)
-        if profile == "tiny":
-            typer.echo(f"{bid}: tiny {d.cls.__name__}, seeded random weights built in memory")
+        spec = weights.get(bid)
+        if prof.seeded_models:
+            cls = B.backbones.get(bid).cls.__name__
+            typer.echo(f"{bid}: tiny {cls}, seeded random weights built in memory")
             continue
-        r = W.resolve(bid)
+        r = weights.resolve(bid)
         where = ", ".join(map(str, r.paths)) if r.found else "MISSING (looked in " + ", ".join(r.looked) + ")"
-        typer.echo(f"{bid}: {d.description}\n  weights: {where}\n  override: ${W.env_var(bid)}")
+        typer.echo(f"{bid}: {spec.description}\n  weights: {where}\n  override: ${spec.env_var}")
 
 
 @models_app.command("check")
 def models_check(
     profile: Annotated[str, typer.Option(help=_PROFILE_HELP)] = "paper",
+    role: _ROLE = None,
 ) -> None:
     """Resolve every backbone's weights and print their fingerprints; exit 2 listing any that are missing."""
-    from pigeon_bench.metrics import backbones as B
+    from pigeon_bench.profiles import get_profile
 
-    built = B.build(profile)
-    for bid, b in built.items():
+    _check_role(role)
+    prof = get_profile(profile)
+    for bid, b in prof.scoring_backbones().items():
         typer.echo(f"{bid}: {b.fingerprint}")
-    if profile == "tiny":
-        from pigeon_bench.schema import TINY_PROFILE_NOTICE
-
-        typer.echo(TINY_PROFILE_NOTICE)
+    if prof.notice:
+        typer.echo(prof.notice)
 
 
 @models_app.command("prefetch")
 def models_prefetch() -> None:
     """Download the paper profile's weights into the usual caches (needs network; unset HF_HUB_OFFLINE)."""
+    from pigeon_bench import weights
     from pigeon_bench.metrics import backbones as B
-    from pigeon_bench.metrics import weights as W
 
-    for bid, r in W.prefetch(list(B.BACKBONE_IDS)).items():
+    for bid, r in weights.prefetch(list(B.BACKBONE_IDS)).items():
         typer.echo(f"{bid}: {', '.join(map(str, r.paths))}")
 
 
@@ -252,21 +265,20 @@ def score_cmd(
     """Score a run folder (or every α_r folder of a sweep): writes scores.parquet and summary.json."""
     import warnings
 
-    from pigeon_bench.scoring import Scorer, read_manifest
+    from pigeon_bench.runs.folder import RunFolder, scoreable
+    from pigeon_bench.scoring import Scorer
 
-    manifest = read_manifest(run_dir)
-    folders = [run_dir]
-    if "sweep" in manifest:
-        folders = sorted(p for p in run_dir.iterdir() if (p / "images").is_dir())
-    scorer = Scorer(profile=profile or manifest.get("profile") or "paper", device=device,
-                    batch_size=batch_size, cache_dir=cache_dir)
-    for folder in folders:
+    recorded = RunFolder(run_dir).manifest_or_empty().get("profile")
+    scorer = Scorer(profile=profile or recorded or "paper", device=device, batch_size=batch_size,
+                    cache_dir=cache_dir)
+    for folder in scoreable(run_dir):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             summary = scorer.score_run(folder, data)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items())
+        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items()
+                          if v["mean"] is not None)
         typer.echo(f"{folder}: n={summary['n']}  {means}")
         if summary["notice"]:
             typer.echo(summary["notice"])
@@ -541,7 +553,7 @@ def report(
     cases: Annotated[int, typer.Option(help="HTML: how many cases to show with their images.")] = 8,
 ) -> None:
     """Table 1 (or an ablation table) from scored runs, optionally beside the paper's numbers."""
-    from pigeon_bench import report as rep
+    from pigeon_bench import reports as rep
 
     if ablation:
         if runs:
@@ -565,7 +577,7 @@ def plot_sweep(
         help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
 ) -> None:
     """Fig. 4-style line plots of metrics against the swept mask ratio, one line per sweep."""
-    from pigeon_bench.report import plot_sweeps
+    from pigeon_bench.reports import plot_sweeps
 
     typer.echo(f"wrote {plot_sweeps(sweeps, out, tuple(metric or ('p_cis', 'a_cs')))}", err=True)
 

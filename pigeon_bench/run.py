@@ -43,10 +43,10 @@ from pigeon_bench.generation import (
     method_dirname,
 )
 from pigeon_bench.metrics import overall
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
 from pigeon_bench.progress import console
 from pigeon_bench.progress import progress as progress_bar
 from pigeon_bench.scenarios import scenarios
-from pigeon_bench.schema import TINY_PROFILE_NOTICE
 
 PROFILES = ("paper", "tiny")
 SELECTION_RULE = "per sample, the α_r maximizing (p_cis + a_cs) / 2, measured on the test images themselves"
@@ -430,10 +430,7 @@ def is_scored(run_dir: Path, scorer) -> bool:
     summary = run_dir / "summary.json"
     if not (_newer(summary, [run_dir / "manifest.json"]) and (run_dir / "scores.parquet").is_file()):
         return False
-    s = fileio.read_json(summary)
-    boot = s.get("bootstrap") or {}
-    made_by = (s.get("profile"), s.get("backbones"), s.get("preprocess"), boot.get("n_boot"))
-    return made_by == (scorer.profile, scorer.fingerprints(), scorer.resize.id, scorer.n_boot)
+    return scorer.wrote(fileio.read_json(summary))
 
 
 def _newer(path: Path, deps: Sequence[Path]) -> bool:
@@ -510,7 +507,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = console.print, scorer=None) 
         gspec = replace(template, method=method, sweep=type(session.generator).supports_alpha_r)
         report_runs += _run_method(gspec, root, session, scorer, has_valid, log)
         del session
-    from pigeon_bench.report import build_report
+    from pigeon_bench.reports import build_report
 
     text = build_report(report_runs, scenario=spec.scenario)
     path = root / "report.md"

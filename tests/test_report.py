@@ -19,8 +19,9 @@ from test_report_fixtures import (  # noqa: F401 - cli_fixture provides the cli 
     write_sweep,
 )
 
-from pigeon_bench.report import (
-    PAPER_DIR,
+from pigeon_bench.metrics import table
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.reports import (
     TABLE1_COLUMNS,
     Row,
     Table,
@@ -28,10 +29,12 @@ from pigeon_bench.report import (
     build_report,
     format_value,
     marks,
+    paper_table,
     plot_sweeps,
-    render_markdown,
 )
-from pigeon_bench.schema import TINY_PROFILE_NOTICE
+from pigeon_bench.reports.render_md import render_markdown
+
+RESULTS_PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"  # the tool's committed output
 
 CSV_HEAD = ["method", "group", "overall", "p_cs", "p_cis", "p_dis", "p_lpips", "p_msssim", "a_cs", "a_cis",
             "a_dis", "fid", "n"]
@@ -65,7 +68,7 @@ def _md_rows(text: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("scenario", ["sticker", "movie"])
 def test_paper_table1_reproduces_the_printed_overall(scenario):
-    paper = pd.read_csv(PAPER_DIR / "table1.csv")
+    paper = paper_table("table1")
     paper = paper[paper["scenario"] == scenario]
     md = build_report([], scenario=scenario, fmt="md", paper=True)
     rows = {r[1]: r for r in _md_rows(md)}
@@ -252,7 +255,7 @@ def test_cli_ablation_and_plot(cli, world, tmp_path):
     (["report", "--ablation", "no-equals-sign"], "expected NAME=RUN"),
     (["report", "--ablation", "a={ti}", "--metric", "psnr"], "unknown metric(s) psnr"),
     (["report", "{ti}", "--metric", "p_cis"], "--ablation tables only"),
-    (["report", "{empty}"], "missing file"),
+    (["report", "{empty}"], "no scored run there"),
     (["report", "{broken}"], "missing metric(s) fid"),
     (["plot-sweep", "{ti}", "--out", "{tmp}/x.png"], "no sub-runs"),
     (["plot-sweep", "{pigeon}", "--out", "{tmp}/x.svg"], "PNG"),
@@ -270,4 +273,4 @@ def test_cli_usage_errors_are_one_line(cli, world, tmp_path, args, message):
 
 @pytest.mark.parametrize("fmt, name", [("md", "table1.md"), ("latex", "table1.tex")])
 def test_committed_paper_table_is_the_tools_output(fmt, name):
-    assert (PAPER_DIR / name).read_text(encoding="utf-8") == build_report([], fmt=fmt, paper=True)
+    assert (RESULTS_PAPER / name).read_text(encoding="utf-8") == build_report([], fmt=fmt, paper=True)

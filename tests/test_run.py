@@ -20,7 +20,8 @@ from pigeon_bench import run as runs
 from pigeon_bench.cli import main
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import ALPHA_R_GRID
-from pigeon_bench.schema import PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.schema import PER_SAMPLE_METRICS
 
 
 @pytest.fixture

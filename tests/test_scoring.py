@@ -19,8 +19,9 @@ from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics import overall
 from pigeon_bench.metrics.preprocess import ResizeSpec
-from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
-from pigeon_bench.scoring import SampleInputs, Scorer
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS
+from pigeon_bench.scoring import SampleInputs, SampleScores, Scorer
 
 SIZE = 176  # smallest resize MS-SSIM allows; the 512 default is exercised by the CLI test
 
@@ -103,8 +104,8 @@ def test_clip_and_dino_scores_match_direct_library_calls(world, scored):
     scorer, _, _ = scored
     ds, run = world
     df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
-    model, preprocess, tokenizer = scorer.backbones["clip"].loaded
-    dino, processor = scorer.backbones["dino"].loaded
+    model, preprocess, tokenizer = scorer.backbone("clip").loaded
+    dino, processor = scorer.backbone("dino").loaded
     hist = [str((0 + j) % 9) for j in range(5)]
     gen = _resized(run / "images" / "s0.png")
     ref = _resized(ds / "img" / "6.png")
@@ -204,8 +205,8 @@ def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored
     gen, ref = rng.normal(size=(12, 4)), rng.normal(1.0, 1.0, size=(12, 4))
     with w.catch_warnings(record=True) as caught:
         w.simplefilter("always")
-        big = scorer.summarize(df, gen, ref)  # n = 12 > d = 4
-        small = scorer.summarize(df.iloc[:3], gen[:3], ref[:3])  # n = 3 <= d: every resample
+        big = scorer.summarize(SampleScores(df, {"fid": (gen, ref)}, {}))  # n = 12 > d = 4
+        small = scorer.summarize(SampleScores(df.iloc[:3], {"fid": (gen[:3], ref[:3])}, {}))  # n = 3 <= d
     assert big["bootstrap"]["fid_n_boot"] == min(scorer.n_boot, scoring.FID_MAX_BOOT_LARGE_N) == 100
     assert any("FID's CI from 100 resamples" in str(c.message) for c in caught)
     idx = stats.bootstrap_indices(12, 100, scorer.seed)
@@ -222,7 +223,7 @@ def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):
     assert all(v == 0 for v in warm.forward_counts().values())
     assert again["metrics"] == summary["metrics"]
     # nothing was loaded either: a warm pass never builds a paper model
-    assert warm.backbones["lpips-vgg"].forwards == 0
+    assert warm.backbone("lpips-vgg").forwards == 0
 
 
 def test_each_unique_image_goes_through_each_backbone_once(world, scored):
@@ -274,7 +275,7 @@ def test_identical_images_score_100(world, scored):
                         ds / "img" / "2.png", "t")
     other = SampleInputs("y", ds / "img" / "3.png", [ds / "img" / "1.png"] * 5, ["u"] * 5,
                          ds / "img" / "4.png", "u")
-    df, _, _ = scorer.score_samples([same, other])
+    df = scorer.score_samples([same, other]).frame
     row = df.iloc[0]
     for m in ("a_cis", "a_dis", "p_cis", "p_dis"):
         assert row[m] == pytest.approx(100.0, abs=1e-4)
@@ -307,7 +308,7 @@ def test_small_images_follow_the_resize_and_too_small_specs_are_refused(world, s
     scorer, _, _ = scored
     tiny = _drawing(3, size=24)  # far below MS-SSIM's 161-pixel minimum: the common resize brings it to 176
     s = SampleInputs("t", tiny, [tiny] * 5, ["a"] * 5, tiny, "a")
-    df, _, _ = scorer.score_samples([s, s])
+    df = scorer.score_samples([s, s]).frame
     assert df["p_msssim"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(UserError, match="MS-SSIM"):
         ResizeSpec(100)

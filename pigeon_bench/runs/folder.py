@@ -138,7 +138,8 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path} exists and is a file, not a folder; choose another --out")
         if not self.exists() and self.path.is_dir() and any(self.path.iterdir()):
-            raise UserError(f"{self.path} exists and is not a run folder (no {MANIFEST}); choose another --out")
+            raise UserError(f"{self.path} exists and is not a run folder (no {MANIFEST}); "
+                            "choose another --out")
 
     # ------------------------------------------------------------ images and metadata
 

@@ -344,8 +344,9 @@ class Scorer:
             if any(m.pairing == pairing and m.against == IMAGE for m in uses):
                 images.update(paired[pairing].sources)
         self._ensure(backbone, images)
-        texts = [t for pairing in (HISTORY, REFERENCE) if any(m.pairing == pairing and m.against == TEXT
-                                                               for m in uses) for t in paired[pairing].texts]
+        texts = [t for pairing in (HISTORY, REFERENCE)
+                 if any(m.pairing == pairing and m.against == TEXT for m in uses)
+                 for t in paired[pairing].texts]
         if texts:
             self._ensure_texts(backbone, texts)
 
@@ -459,7 +460,7 @@ class Scorer:
         if not data:
             raise UserError(f"{run.path}: no {MANIFEST} with \"data\"; pass the dataset folder (--data)")
         dataset = Dataset(data)
-        samples = run_samples(run, dataset)
+        samples = _run_samples(run, dataset)
         inputs = [SampleInputs(
             s.sample_id, run.image_path(s.sample_id),
             [dataset.image_path(h) for h in s.history], [dataset.item(h).semantics for h in s.history],
@@ -493,7 +494,7 @@ class Scorer:
         return bar()
 
 
-def run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:
+def _run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:
     """The dataset's samples having an image in the run, in dataset order; unknown ids are errors."""
     if not run.images_dir.is_dir():
         raise UserError(f"{run.path}: no {IMAGES}/ folder (expected {IMAGES}/<sample_id>{IMAGE_SUFFIX})")

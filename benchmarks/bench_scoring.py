@@ -241,8 +241,9 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         scorer = Scorer(profile="tiny", resize=resize, batch_size=args.batch_size, cache_dir=root / "cache",
                         progress=False)
-        df, fg, fr = scorer.score_samples(samples)
-        summary = scorer.summarize(df, fg, fr)
+        scores = scorer.score_samples(samples)
+        summary = scorer.summarize(scores)
+        df = scores.frame
         t_engine, c_engine = time.perf_counter() - t0, time.process_time() - c0
         cold = scorer.forward_counts()
         engine_seconds = engine_clock.report()
@@ -254,7 +255,7 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         warm = Scorer(profile="tiny", resize=resize, batch_size=args.batch_size, cache_dir=root / "cache",
                       progress=False)
-        df2, _, _ = warm.score_samples(samples)
+        df2 = warm.score_samples(samples).frame
         t_warm, c_warm = time.perf_counter() - t0, time.process_time() - c0
 
         # another method (or α_r candidate) on the same samples shares history, reference and text features

@@ -49,7 +49,7 @@ _API = {
     "sample_inputs": "pigeon_bench.scoring",
     "score_samples": "pigeon_bench.scoring",
     "score_run": "pigeon_bench.scoring",
-    "build_report": "pigeon_bench.report",
+    "build_report": "pigeon_bench.reports",
     "get_profile": "pigeon_bench.profiles",
 }
 

@@ -7,9 +7,9 @@ Overall = (p_cis + a_cs) / 2 is computed from the resampled p_cis and a_cs means
 
 FID: a run folder exposes no per-sample Inception features (scoring keeps them in its feature cache only),
 so no paired FID test is possible from the run folders. FID uses an unpaired normal approximation from the two
-bootstrap CIs in summary.json (se = CI width / 2z). Two runs on the same samples are positively correlated, so
-ignoring the pairing overstates the variance of the delta: the test is conservative (it can miss a small FID
-regression; it adds no false alarms).
+bootstrap CIs of the run summaries (se = CI width / 2z). Two runs on the same samples are positively
+correlated, so ignoring the pairing overstates the variance of the delta: the test is conservative (it can
+miss a small FID regression; it adds no false alarms).
 
 Gates: ``metric:tolerance`` with the tolerance signed in the metric's worse direction (``overall:-0.5``
 allows Overall to drop by up to 0.5, ``fid:+2`` allows FID to rise by up to 2). A gated metric fails
@@ -28,13 +28,12 @@ import numpy as np
 from scipy.stats import norm
 
 from pigeon_bench.errors import UserError
-from pigeon_bench.metrics import overall
-from pigeon_bench.report import DIGITS, TABLE1_COLUMNS, format_value, load_scores, load_summary, resolve_run
-from pigeon_bench.schema import HIGHER_IS_BETTER, METRICS
-from pigeon_bench.stats import DEFAULT_N_PERM, holm, paired_test
+from pigeon_bench.metrics import table
+from pigeon_bench.reports.ranking import format_value
+from pigeon_bench.schema import METRICS, read_scores, read_summary, scored_run
+from pigeon_bench.stats import DEFAULT_N_BOOT, DEFAULT_N_PERM, holm, paired_test
 
 COMPARE_FORMATS = ("md", "json")
-DEFAULT_N_BOOT = 2000
 FID_METHOD = "unpaired normal approximation from the summary CIs (conservative)"
 PAIRED_METHOD = "paired bootstrap CI, paired permutation p"
 
@@ -51,7 +50,7 @@ def parse_gate(text: str) -> tuple[str, float]:
         raise UserError(f"gate {text!r}: tolerance {value!r} is not a number") from None
     if not math.isfinite(tol):
         raise UserError(f"gate {text!r}: tolerance must be finite")
-    up = HIGHER_IS_BETTER[metric]
+    up = table.get(metric).higher_is_better
     if (up and tol > 0) or (not up and tol < 0):
         raise UserError(f"gate {text!r}: {metric} is {'higher' if up else 'lower'}-is-better, so its "
                         f"tolerance is the allowed {'drop' if up else 'rise'}, written "
@@ -115,8 +114,8 @@ class Comparison:
             "|---|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for r in self.results:
-            d = DIGITS[r.metric]
-            arrow = "↑" if r.higher_is_better else "↓"
+            d = table.get(r.metric).digits
+            arrow = table.get(r.metric).arrow
             gate = "-" if r.gate is None else f"{r.gate:+g}"
             ci = "-" if math.isnan(r.lo) else f"[{format_value(r.lo, d)}, {format_value(r.hi, d)}]"
             verdict = f"**{r.verdict}**" if r.verdict in ("FAIL", "worse") else r.verdict
@@ -162,8 +161,8 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
         raise UserError(f"alpha must be between 0 and 1, got {alpha}")
     if n_boot < 100 or n_perm < 100:
         raise UserError("use at least 100 bootstrap resamples and 100 permutations")
-    base_dir, cand_dir = resolve_run(base), resolve_run(candidate)
-    base_sum, cand_sum = load_summary(base_dir), load_summary(cand_dir)
+    base_run, cand_run = scored_run(base), scored_run(candidate)
+    base_sum, cand_sum = read_summary(base_run), read_summary(cand_run)
     if base_sum.get("scenario") != cand_sum.get("scenario"):
         raise UserError(f"runs are on different scenarios: {base_sum.get('scenario')!r} (base) vs "
                         f"{cand_sum.get('scenario')!r} (candidate)")
@@ -171,40 +170,46 @@ def compare_runs(base: str | Path, candidate: str | Path, gates: dict[str, float
         if base_sum.get(key) and cand_sum.get(key) and base_sum[key] != cand_sum[key]:
             raise UserError(f"runs were scored with different {key} ({_brief(base_sum[key])} vs "
                             f"{_brief(cand_sum[key])}): their scores are not comparable")
-    b, c = load_scores(base_dir), load_scores(cand_dir)
+    b, c = read_scores(base_run), read_scores(cand_run)
     only_b, only_c = b.index.difference(c.index), c.index.difference(b.index)
     if len(only_b) or len(only_c):
         example = (only_b if len(only_b) else only_c)[0]
         raise UserError(f"runs are on different samples: {len(only_b)} only in base, {len(only_c)} only in "
                         f"candidate (e.g. {example!r})")
     if len(b) == 0:
-        raise UserError(f"{base_dir / 'scores.parquet'}: no samples")
+        raise UserError(f"{base_run.scores_path}: no samples")
     c = c.loc[b.index]
     gates = {m: 0.0 for m in METRICS} if not gates else dict(gates)
     notices = sorted({s["notice"] for s in (base_sum, cand_sum) if s.get("notice")})
-    out = Comparison(base=str(base_dir), candidate=str(cand_dir), n=len(b), alpha=alpha, n_boot=n_boot,
+    out = Comparison(base=str(base_run), candidate=str(cand_run), n=len(b), alpha=alpha, n_boot=n_boot,
                      n_perm=n_perm, seed=seed, notices=notices)
     level = 1 - alpha
-    for m in TABLE1_COLUMNS:  # Overall first, FID last, as in Table 1
-        hib = HIGHER_IS_BETTER[m]
-        if m == "fid":
-            bm, cm = base_sum["metrics"]["fid"], cand_sum["metrics"]["fid"]
+    for metric in table.TABLE:  # Overall first, FID last, as in Table 1
+        m, hib = metric.name, metric.higher_is_better
+        if metric.kind == table.SET:  # FID: from the summaries' CIs
+            bm, cm = base_sum["metrics"][m], cand_sum["metrics"][m]
             bmean, cmean = _float(bm.get("mean")), _float(cm.get("mean"))
             lo, hi, p = _fid_result({**bm, "mean": bmean}, {**cm, "mean": cmean}, alpha)
             out.results.append(MetricResult(m, bmean, cmean, cmean - bmean, lo, hi, p, hib, FID_METHOD,
                                             len(b)))
             continue
-        cols = ["p_cis", "a_cs"] if m == "overall" else [m]
+        cols = list(metric.inputs or (m,))
         bv, cv = b[cols].to_numpy(np.float64), c[cols].to_numpy(np.float64)
         ok = ~(np.isnan(bv).any(axis=1) | np.isnan(cv).any(axis=1))
-        combine = (lambda means: overall(means[:, 0], means[:, 1])) if m == "overall" else None
+        combine = _combine(metric) if metric.inputs else None
         t = paired_test(bv[ok], cv[ok], combine, n_boot=n_boot, n_perm=n_perm, seed=seed, level=level)
         means = bv[ok].mean(axis=0) if ok.any() else np.full(len(cols), np.nan)
-        bmean = float(overall(means[0], means[1])) if m == "overall" else float(means[0])
+        bmean = float(combine(means[None])[0]) if combine else float(means[0])
         out.results.append(MetricResult(m, bmean, bmean + t.delta, t.delta, t.lo, t.hi, t.p, hib,
                                         PAIRED_METHOD, t.n))
     _decide(out.results, gates, alpha)
     return out
+
+
+def _combine(metric: table.Metric):
+    """A derived metric as a function of its inputs' (B, k) column means (see ``stats.paired_test``)."""
+    fn = metric.function
+    return lambda means: fn(*(means[:, j] for j in range(means.shape[1])))
 
 
 def _brief(value) -> str:

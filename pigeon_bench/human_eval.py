@@ -34,8 +34,11 @@ from PIL import Image
 
 from pigeon_bench import fileio
 from pigeon_bench.errors import UserError
-from pigeon_bench.report import load_run, paper_table, resolve_run
-from pigeon_bench.stats import cluster_bootstrap_mean
+from pigeon_bench.reports import load_run, paper_table
+from pigeon_bench.runs.folder import RunFolder
+from pigeon_bench.schema import scored_run
+from pigeon_bench.stats import DEFAULT_N_BOOT, cluster_bootstrap_mean
+from pigeon_bench.templates import render
 
 ASPECTS = ("personalization", "semantic_alignment")
 ASPECT_TITLES = {"personalization": "Personalization", "semantic_alignment": "Semantic alignment"}
@@ -87,14 +90,6 @@ class _ImageStore:
         return self._put(buf.getvalue())
 
 
-def _render(template: str, **context) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                             autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template(template).render(**context)
-
-
 def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path, n: int = 50,
              checks: int | None = None, seed: int = 0, base_url: str = "") -> dict:
     """Write a binary-choice kit comparing run A (e.g. Pigeon) with run B on ``n`` shared cases."""
@@ -106,26 +101,25 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     checks = max(1, n // 10) if checks is None else checks
     if checks < 0:
         raise UserError(f"--checks must be >= 0, got {checks}")
-    rows = [load_run(r) for r in (run_a, run_b)]
-    dirs = [resolve_run(r) for r in (run_a, run_b)]
+    runs = [scored_run(r) for r in (run_a, run_b)]
+    rows = [load_run(r) for r in runs]
     if rows[0].scenario != rows[1].scenario:
         raise UserError(f"runs are on different scenarios: {rows[0].scenario!r} vs {rows[1].scenario!r}")
-    manifest = fileio.read_json(dirs[0] / "manifest.json")
+    manifest = runs[0].manifest()
     if not manifest.get("data"):
-        raise UserError(f"{dirs[0] / 'manifest.json'}: no \"data\" (the dataset folder with history images)")
+        raise UserError(f"{runs[0].manifest_path}: no \"data\" (the dataset folder with history images)")
     dataset = Dataset(manifest["data"])
     samples = {s.sample_id: s for s in dataset.samples()}
-    common = sorted({p.stem for p in (dirs[0] / "images").glob("*.png")}
-                    & {p.stem for p in (dirs[1] / "images").glob("*.png")} & set(samples))
+    common = sorted(runs[0].image_ids() & runs[1].image_ids() & set(samples))
     if not common:
-        raise UserError(f"{dirs[0]} and {dirs[1]} share no generated sample of dataset {dataset.root}")
+        raise UserError(f"{runs[0]} and {runs[1]} share no generated sample of dataset {dataset.root}")
     final = Path(out)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise UserError(f"output folder {final} is not empty")
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))  # renamed into place when done
     try:
-        info = _write_kit(out, dirs, rows, dataset, samples, common, aspect, n, checks, seed, base_url)
+        info = _write_kit(out, runs, rows, dataset, samples, common, aspect, n, checks, seed, base_url)
         if final.exists():
             final.rmdir()
         out.chmod(0o755)
@@ -136,14 +130,14 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     return info
 
 
-def _write_kit(out: Path, dirs: list[Path], rows: list, dataset, samples: dict, common: list[str],
+def _write_kit(out: Path, runs: list[RunFolder], rows: list, dataset, samples: dict, common: list[str],
                aspect: str, n: int, checks: int, seed: int, base_url: str) -> dict:
     """The kit's files, written into ``out`` (a fresh folder)."""
     scenario = rows[0].scenario
     rng = np.random.default_rng(seed)
     cases = sorted(rng.choice(common, size=min(n, len(common)), replace=False).tolist())
     store = _ImageStore(out)
-    kit_id = hashlib.sha256(f"{dirs[0]}|{dirs[1]}|{aspect}|{seed}|{n}".encode()).hexdigest()[:8]
+    kit_id = hashlib.sha256(f"{runs[0]}|{runs[1]}|{aspect}|{seed}|{n}".encode()).hexdigest()[:8]
     labels = [r.label for r in rows]
 
     def context_images(s) -> dict[str, str]:
@@ -155,7 +149,7 @@ def _write_kit(out: Path, dirs: list[Path], rows: list, dataset, samples: dict, 
     for sid in cases:
         s = samples[sid]
         a_side = SIDES[int(rng.integers(0, 2))]
-        img_a, img_b = (store.add(d / "images" / f"{sid}.png") for d in dirs)
+        img_a, img_b = (store.add(run.image_path(sid)) for run in runs)
         left, right = (img_a, img_b) if a_side == "left" else (img_b, img_a)
         tasks.append({**context_images(s), "left_image": left, "right_image": right})
         keys.append({"kind": "case", "sample_id": sid, "a_side": a_side, "gold": ""})
@@ -179,18 +173,18 @@ def _write_kit(out: Path, dirs: list[Path], rows: list, dataset, samples: dict, 
         batch.append({"task_id": task_id, "question": text, **{c: base_url + task[c] for c in image_cols}})
         key_rows.append({"task_id": task_id, **key, "aspect": aspect, "scenario": scenario,
                          "a_label": labels[0], "b_label": labels[1]})
-        page = _render("human_eval_task.html.j2", aspect=aspect, question=text, mturk=False, title=task_id,
-                       images={c: "../" + task[c] for c in image_cols})
+        page = render("human_eval_task.html.j2", aspect=aspect, question=text, mturk=False, title=task_id,
+                      images={c: "../" + task[c] for c in image_cols})
         fileio.write_text(out / "tasks" / f"{task_id}.html", page)
     fileio.write_text(out / "batch.csv", pd.DataFrame(batch).to_csv(index=False, lineterminator="\n"))
     fileio.write_text(out / "key.csv", pd.DataFrame(key_rows).to_csv(index=False, lineterminator="\n"))
-    fileio.write_text(out / "hit_template.html", _render(
+    fileio.write_text(out / "hit_template.html", render(
         "human_eval_task.html.j2", aspect=aspect, question="${question}", mturk=True, title="HIT",
         images={c: "${" + c + "}" for c in image_cols}))
-    fileio.write_text(out / "index.html", _render("human_eval_index.html.j2", question=text, aspect=aspect,
-                                              task_ids=[b["task_id"] for b in batch]))
+    fileio.write_text(out / "index.html", render("human_eval_index.html.j2", question=text, aspect=aspect,
+                                             task_ids=[b["task_id"] for b in batch]))
     info = {"kit_id": kit_id, "aspect": aspect, "scenario": scenario, "question": text, "seed": seed,
-            "runs": {"a": str(dirs[0]), "b": str(dirs[1])}, "labels": {"a": labels[0], "b": labels[1]},
+            "runs": {"a": str(runs[0]), "b": str(runs[1])}, "labels": {"a": labels[0], "b": labels[1]},
             "cases": len(cases), "checks": checks, "tasks": len(batch), "requested": n,
             "notices": sorted({r.notice for r in rows if r.notice})}
     fileio.write_json(out / "kit.json", info)
@@ -241,7 +235,7 @@ def _read_key(path: Path) -> pd.DataFrame:
 
 
 def score_responses(responses: Sequence[str | Path], keys: Sequence[str | Path] = (), seed: int = 0,
-                    n_boot: int = 2000) -> pd.DataFrame:
+                    n_boot: int = DEFAULT_N_BOOT) -> pd.DataFrame:
     """Preference rate of run A per (aspect, scenario, comparison), CIs over cases, exclusions counted."""
     if not responses:
         raise UserError("give at least one responses CSV")

@@ -1,9 +1,15 @@
-"""Scoring: orchestrates backbones, the feature cache and the pure metric functions over a run folder.
+"""Scoring: the metric table's entries (``pigeon_bench.metrics.table``) computed over a run folder, through
+the backbones, the feature cache and the pure functions of the functional layer.
 
 Each unique image (by decoded-pixel hash) goes through each backbone at most once, ever: features are looked
 up in the content-addressed cache (``pigeon_bench.metrics.cache``) first, and only missing ones are computed,
 in batches. History, reference and text features are therefore shared across methods, alpha_r candidates
 and checkpoints scored with the same backbones and preprocessing.
+
+Backbones are resolved when first used. One whose weights are missing skips the metrics it feeds: their
+columns are NaN, their summary entries null, a one-line warning names the weights and the columns, and the
+summary records them under ``skipped``. Only when no backbone has weights does scoring refuse (one error
+naming every missing one).
 """
 
 from __future__ import annotations
@@ -13,31 +19,38 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from pigeon_bench import fileio, stats
+from pigeon_bench import stats
+from pigeon_bench.artifacts import image_digest, text_digest
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
-from pigeon_bench.metrics.aggregate import overall
-from pigeon_bench.metrics.backbones import Backbone, ClipBackbone, build, pixels
-from pigeon_bench.metrics.cache import DEFAULT_MEMORY_BYTES, FeatureStore
-from pigeon_bench.metrics.preprocess import PROFILE_RESIZE, ResizeSpec, image_digest, load_image, text_digest
+from pigeon_bench.metrics import table
+from pigeon_bench.metrics.backbones import Backbone, pixels
+from pigeon_bench.metrics.cache import FeatureStore
+from pigeon_bench.metrics.preprocess import ResizeSpec, load_image
+from pigeon_bench.metrics.table import EMBEDDING, HISTORY, IMAGE, MAPS, PIXELS, REFERENCE, SET, TEXT, Metric
+from pigeon_bench.profiles import PAPER, Profile, get_profile
 from pigeon_bench.progress import progress as progress_bar
-from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+from pigeon_bench.runs.folder import IMAGE_SUFFIX, IMAGES, MANIFEST, RunFolder
+from pigeon_bench.schema import METRICS
+from pigeon_bench.weights import MissingWeights, Resolved
 
 ImageSource = str | Path | Image.Image
-FID_RECOMMENDED_N = 2048
+FID_RECOMMENDED_N = 2048  # the Inception feature dimension: below it FID's covariances are rank-deficient
 # Resamples for FID's CI when n exceeds the feature dimension: each resample is then a full (d, d) covariance
 # and eigendecomposition (about 4 s at the paper's n = 4,555 and d = 2,048 on 2 CPU cores).
 FID_MAX_BOOT_LARGE_N = 100
 _MSSSIM_LRU_BYTES = 1 << 30  # MS-SSIM terms kept in memory: ~12 MB an image at 512 px, ~1.7 MB at 192
 _PIXELS_LRU_BYTES = 1 << 29  # decoded images, reused within one score_samples call
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
+_NOT_SCORED = {"mean": None, "lo": None, "hi": None}
 
 
 @dataclass
@@ -50,6 +63,25 @@ class SampleInputs:
     history_texts: Sequence[str]
     reference: ImageSource
     reference_text: str
+
+
+@dataclass
+class SampleScores:
+    """What ``score_samples`` computed: per-sample columns, set-level features, and the metrics it skipped."""
+
+    frame: pd.DataFrame  # sample_id, then one float column per per-sample metric (NaN where skipped)
+    sets: dict[str, tuple[np.ndarray, np.ndarray]]  # set-level metric -> (generated, reference) features
+    skipped: dict[str, str]  # metric -> the backbone whose weights are missing
+
+
+@dataclass
+class _Paired:
+    """One pairing's side of every sample: images (digests, digest -> source) and texts, k per sample."""
+
+    digests: list[str]
+    sources: dict[str, ImageSource]
+    texts: list[str]
+    k: int
 
 
 def _nbytes(stats: Fn.MsssimStats) -> int:
@@ -67,45 +99,72 @@ def _file_key(src: str | Path) -> tuple[str, int, int]:
 
 
 class Scorer:
-    """Backbones + feature cache, reusable across runs in one process."""
+    """Backbones (resolved on first use) + feature cache, reusable across runs in one process."""
 
-    def __init__(self, profile: str = "paper", device: str = "cpu", batch_size: int = 16,
-                 cache_dir: str | Path | None = None, resize: ResizeSpec | int | str | None = "profile",
+    def __init__(self, profile: Profile | str = "paper", device: str = "cpu", batch_size: int = 16,
+                 cache_dir: str | Path | None = None,
+                 resize: ResizeSpec | int | Literal["profile"] | None = "profile",
                  weights: dict[str, str | Path] | None = None, n_boot: int = stats.DEFAULT_N_BOOT,
-                 seed: int = 0, memory_bytes: int = DEFAULT_MEMORY_BYTES, progress: bool = True):
-        self.profile = profile
+                 seed: int = 0, progress: bool = True):
+        self.profile = get_profile(profile)
+        self.device = device
+        self.weights = weights
         self.batch_size = max(1, int(batch_size))
         if resize == "profile":  # paper: 512 (the official evaluation's resize); tiny: 192
-            resize = PROFILE_RESIZE.get(profile, PROFILE_RESIZE["paper"])
+            resize = self.profile.resize
         self.resize = resize if isinstance(resize, ResizeSpec) else ResizeSpec(size=resize)
         self.n_boot = n_boot
         self.seed = seed
         self.progress = progress
-        self.backbones: dict[str, Backbone] = build(profile, device=device, weights=weights)
-        self.store = FeatureStore(cache_dir, memory_bytes=memory_bytes)
+        self.store = FeatureStore(cache_dir)
+        self._backbones: dict[str, Backbone] = {}
+        self._missing: dict[str, Resolved] = {}
         self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
         self._msssim_bytes = 0
         self._file_digests: dict[tuple[str, int, int], str] = {}
         self._pixels: OrderedDict[str, Image.Image] = OrderedDict()  # digest -> decoded (resized once used)
         self._pixels_bytes = 0
 
-    # ------------------------------------------------------------ features
+    # ------------------------------------------------------------ backbones
+
+    def _find(self, backbone_id: str) -> Backbone | None:
+        """The backbone, resolved and built on first use; None when its weights are missing."""
+        if backbone_id not in self._backbones and backbone_id not in self._missing:
+            try:
+                built = self.profile.scoring_backbones(self.device, self.weights, (backbone_id,))
+                self._backbones.update(built)
+            except MissingWeights as exc:
+                self._missing[backbone_id] = exc.missing[0]
+        return self._backbones.get(backbone_id)
+
+    def backbone(self, backbone_id: str) -> Backbone:
+        """A backbone, resolved and built on first use (missing weights: a MissingWeights error)."""
+        found = self._find(backbone_id)
+        if found is None:
+            raise MissingWeights([self._missing[backbone_id]], self.profile.name)
+        return found
 
     def fingerprints(self) -> dict[str, str]:
-        return {k: b.fingerprint for k, b in self.backbones.items()}
+        """Backbone id -> weights fingerprint for each backbone of the metric table whose weights are here."""
+        return {bid: b.fingerprint for bid in table.BACKBONES if (b := self._find(bid)) is not None}
 
     def forward_counts(self) -> dict[str, int]:
-        """Images each backbone (texts: "clip-text") has forwarded in this Scorer's life."""
-        counts = {k: b.forwards for k, b in self.backbones.items()}
-        counts["clip-text"] = self.backbones["clip"].text_forwards
+        """Images each built backbone has forwarded in this Scorer's life (texts: "<id>-text")."""
+        counts = {k: b.forwards for k, b in self._backbones.items()}
+        for bid in dict.fromkeys(m.backbone for m in table.TABLE if m.against == TEXT):
+            if bid in self._backbones:
+                counts[f"{bid}-text"] = self._backbones[bid].text_forwards
         return counts
 
     def wrote(self, summary: dict) -> bool:
-        """Whether ``summary`` came from this scorer's setup (profile, backbones, preprocessing, n_boot)."""
+        """Whether ``summary`` came from this scorer's setup: profile, the fingerprints of the backbones whose
+        weights are here now, preprocessing and bootstrap (n_boot, seed)."""
         boot = summary.get("bootstrap") or {}
         made_by = (summary.get("profile"), summary.get("backbones"), summary.get("preprocess"),
-                   boot.get("n_boot"))
-        return made_by == (self.profile, self.fingerprints(), self.resize.id, self.n_boot)
+                   boot.get("n_boot"), boot.get("seed"))
+        return made_by == (self.profile.name, self.fingerprints(), self.resize.id, self.n_boot, self.seed)
+
+    # ------------------------------------------------------------ features
 
     def _namespace(self, backbone: Backbone) -> str:
         return f"{backbone.namespace}-{self.resize.id}"
@@ -125,22 +184,19 @@ class Scorer:
                     self.store.put(ns, d, own)
                 advance(len(chunk))
 
-    def _stack(self, backbone: Backbone, digests: Sequence[str], name: str) -> torch.Tensor:
-        ns = self._namespace(backbone)
-        return torch.stack([self.store.get(ns, d)[name] for d in digests])
+    def _stack(self, namespace: str, keys: Sequence[str], name: str) -> torch.Tensor:
+        return torch.stack([self.store.get(namespace, key)[name] for key in keys])
 
-    def _text_embeddings(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        clip = self.backbones["clip"]
-        assert isinstance(clip, ClipBackbone)
-        ns = clip.text_namespace
+    def _ensure_texts(self, backbone: Backbone, texts: Sequence[str]) -> None:
+        """Compute and store the text-tower embeddings of ``texts`` that the cache lacks, in batches."""
+        ns = backbone.text_namespace
         unique = list(dict.fromkeys(texts))
         todo = [t for t in unique if not self.store.has(ns, text_digest(t))]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
-            emb = clip.encode_texts(chunk)
+            emb = backbone.encode_texts(chunk)
             for t, e in zip(chunk, emb, strict=True):
-                self.store.put(ns, text_digest(t), {"emb": e.clone()})
-        return {t: self.store.get(ns, text_digest(t))["emb"] for t in unique}
+                self.store.put(ns, text_digest(t), {backbone.outputs[0]: e.clone()})
 
     def _digests(self, sources: Sequence[ImageSource]) -> tuple[list[str], dict[str, ImageSource]]:
         """Content digests of ``sources`` and digest -> one source of it.
@@ -195,10 +251,11 @@ class Scorer:
 
     def clip_image_embeddings(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """(n, d) L2-normalised CLIP image embeddings (after the common resize), through the cache."""
+        clip = self.backbone("clip")
         digests, unique = self._digests(images)
-        self._ensure(self.backbones["clip"], unique)
+        self._ensure(clip, unique)
         self._release_pixels()
-        return self._stack(self.backbones["clip"], digests, "emb")
+        return self._stack(self._namespace(clip), digests, clip.outputs[0])
 
     def _msssim_terms(self, images: dict[str, ImageSource]) -> dict[str, Fn.MsssimStats]:
         """Each image's own MS-SSIM terms, computed in batches for those missing from an in-memory LRU of
@@ -222,21 +279,21 @@ class Scorer:
             self._msssim_bytes -= _nbytes(self._msssim.popitem(last=False)[1])
         return out
 
-    def _pairwise(self, gen_d: Sequence[str], hist_d: Sequence[str], per_image_bytes: int,
+    def _pairwise(self, gen_d: Sequence[str], other: Sequence[str], per_image_bytes: int,
                   score: Callable[[list[str], list[str]], torch.Tensor]) -> np.ndarray:
-        """(n,) mean over each sample's k history images of a vectorised pair score, ``score(m generated
-        digests, m * k history digests) -> (m, k)``, in blocks of m samples (bounded by _PAIR_CHUNK_BYTES)."""
+        """(n,) mean over each sample's k paired items of a vectorised pair score, ``score(m generated
+        digests, m * k paired keys) -> (m, k)``, in blocks of m samples (bounded by _PAIR_CHUNK_BYTES)."""
         n = len(gen_d)
-        k = len(hist_d) // n
+        k = len(other) // n
         step = max(1, _PAIR_CHUNK_BYTES // max(1, 2 * k * per_image_bytes))
-        out = [score(list(gen_d[start:start + step]), list(hist_d[start * k:(start + step) * k]))
+        out = [score(list(gen_d[start:start + step]), list(other[start * k:(start + step) * k]))
                for start in range(0, n, step)]
         return torch.cat(out).double().mean(1).numpy()
 
     # ------------------------------------------------------------ scoring
 
-    def score_samples(self, samples: Sequence[SampleInputs]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        """Per-sample metrics (sample_id + PER_SAMPLE_METRICS) and the FID features of generated/reference."""
+    def score_samples(self, samples: Sequence[SampleInputs]) -> SampleScores:
+        """Every metric of the table whose backbone has weights: per-sample scores, set-level features."""
         n = len(samples)
         if n == 0:
             raise UserError("nothing to score: no samples")
@@ -249,115 +306,172 @@ class Scorer:
         ref_d, ref_u = self._digests([s.reference for s in samples])
         if any(len(s.history) != k for s in samples):
             raise UserError("every sample must have the same number of history items")
-        b = self.backbones
-        self._ensure(b["clip"], {**gen_u, **hist_u, **ref_u})
-        self._ensure(b["dino"], {**gen_u, **hist_u, **ref_u})
-        self._ensure(b["lpips-vgg"], {**gen_u, **hist_u})
-        self._ensure(b["fid-inception"], {**gen_u, **ref_u})
-        texts = self._text_embeddings([t for s in samples for t in s.history_texts] +
-                                      [s.reference_text for s in samples])
+        paired = {HISTORY: _Paired(hist_d, hist_u, [t for s in samples for t in s.history_texts], k),
+                  REFERENCE: _Paired(ref_d, ref_u, [s.reference_text for s in samples], 1)}
+        found = {bid: self._find(bid) for bid in table.BACKBONES}
+        if not any(found.values()):
+            raise MissingWeights(list(self._missing.values()), self.profile.name)
+        for bid, backbone in found.items():  # each backbone over every image and text its metrics read, once
+            if backbone is not None:
+                self._ensure_inputs(backbone, [m for m in table.TABLE if m.backbone == bid], gen_u, paired)
 
-        cols: dict[str, np.ndarray] = {}
-        for bid, prefix in (("clip", "cis"), ("dino", "dis")):
-            g = self._stack(b[bid], gen_d, "emb")
-            h = self._stack(b[bid], hist_d, "emb").reshape(n, k, -1)
-            r = self._stack(b[bid], ref_d, "emb")
-            cols[f"p_{prefix}"] = Fn.cosine_100(g[:, None, :], h).mean(1).numpy()
-            cols[f"a_{prefix}"] = Fn.cosine_100(g, r).numpy()
-        g = self._stack(b["clip"], gen_d, "emb")
-        ht = torch.stack([texts[t] for s in samples for t in s.history_texts]).reshape(n, k, -1)
-        rt = torch.stack([texts[s.reference_text] for s in samples])
-        cols["p_cs"] = Fn.cosine_100(g[:, None, :], ht).mean(1).numpy()
-        cols["a_cs"] = Fn.cosine_100(g, rt).numpy()
-
-        vgg = b["lpips-vgg"]
-        ns = self._namespace(vgg)
-
-        def lpips_pairs(g: list[str], h: list[str]) -> torch.Tensor:
-            maps = {d: self.store.get(ns, d) for d in dict.fromkeys([*g, *h])}
-            return Fn.lpips_from_maps(
-                [torch.stack([maps[d][x] for d in g])[:, None] for x in vgg.outputs],
-                [torch.stack([maps[d][x] for d in h]).unflatten(0, (len(g), k)) for x in vgg.outputs])
-
-        sources = {**hist_u, **gen_u}
-
-        def msssim_pairs(g: list[str], h: list[str]) -> torch.Tensor:
-            terms = self._msssim_terms({d: sources[d] for d in dict.fromkeys([*g, *h])})
-            return Fn.ms_ssim_from_stats(Fn.cat_msssim_stats([terms[d] for d in g for _ in range(k)]),
-                                         Fn.cat_msssim_stats([terms[d] for d in h])).reshape(len(g), k)
-
-        # bytes per image of a block: fp16 maps + their fp32 difference; MS-SSIM terms + the pair temporaries
-        map_bytes = 3 * sum(t.nbytes for t in self.store.get(ns, gen_d[0]).values())
-        cols["p_lpips"] = self._pairwise(gen_d, hist_d, map_bytes, lpips_pairs)
-        first = self._msssim_terms({gen_d[0]: gen_u[gen_d[0]]})[gen_d[0]]
-        cols["p_msssim"] = self._pairwise(gen_d, hist_d, 2 * _nbytes(first), msssim_pairs)
-        self._release_pixels()
-
+        skipped = {m.name: m.backbone for m in table.TABLE if m.backbone and found[m.backbone] is None}
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
-        for m in PER_SAMPLE_METRICS:
-            df[m] = cols[m].astype(np.float64)
-        fid_gen = self._stack(b["fid-inception"], gen_d, "pool3").double().numpy()
-        fid_ref = self._stack(b["fid-inception"], ref_d, "pool3").double().numpy()
-        return df, fid_gen, fid_ref
+        for m in table.PER_SAMPLE:
+            values = np.full(n, np.nan) if m.name in skipped else self._pair_metric(m, gen_d, gen_u, paired)
+            df[m.name] = values.astype(np.float64)
+        self._release_pixels()
+        sets = {}
+        for m in table.TABLE:
+            if m.kind == SET and m.name not in skipped:
+                backbone = self.backbone(m.backbone)
+                ns, name = self._namespace(backbone), backbone.outputs[0]
+                sets[m.name] = (self._stack(ns, gen_d, name).double().numpy(),
+                                self._stack(ns, paired[m.pairing].digests, name).double().numpy())
+        for m in table.TABLE:  # derived metrics (Overall) lack what their inputs lack
+            missing = [skipped[i] for i in m.inputs if i in skipped]
+            if missing:
+                skipped[m.name] = missing[0]
+        if skipped:
+            self._warn_skipped(skipped)
+        return SampleScores(df, sets, skipped)
 
-    def summarize(self, df: pd.DataFrame, fid_gen: np.ndarray, fid_ref: np.ndarray) -> dict:
-        """Means and seeded bootstrap CIs of every metric (fid: resampling the sample set)."""
-        n = len(df)
-        if n < 2:
-            raise UserError(f"FID needs at least 2 samples, got {n}")
-        if n < FID_RECOMMENDED_N:
-            warnings.warn(f"FID on {n} samples (< {FID_RECOMMENDED_N}): biased, comparable only at equal n",
-                          stacklevel=2)
+    def _ensure_inputs(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
+                       paired: dict[str, _Paired]) -> None:
+        """Features of the generated images and of the paired images and texts that ``uses`` read."""
+        images = dict(gen)
+        for pairing in (HISTORY, REFERENCE):
+            if any(m.pairing == pairing and m.against == IMAGE for m in uses):
+                images.update(paired[pairing].sources)
+        self._ensure(backbone, images)
+        texts = [t for pairing in (HISTORY, REFERENCE)
+                 if any(m.pairing == pairing and m.against == TEXT for m in uses)
+                 for t in paired[pairing].texts]
+        if texts:
+            self._ensure_texts(backbone, texts)
+
+    def _pair_metric(self, m: Metric, gen_d: list[str], gen_u: dict[str, ImageSource],
+                     paired: dict[str, _Paired]) -> np.ndarray:
+        """(n,) per-sample ``m``: its function over each generated image and its paired items, averaged over
+        the k items of the pairing (history: 5, reference: 1)."""
+        fn, other = m.function, paired[m.pairing]
+        k = other.k
+        if m.kind == EMBEDDING:
+            backbone = self.backbone(m.backbone)
+            ns, name = self._namespace(backbone), backbone.outputs[0]
+            other_ns, keys = ((backbone.text_namespace, [text_digest(t) for t in other.texts])
+                              if m.against == TEXT else (ns, other.digests))
+
+            def embedding_pairs(g: list[str], o: list[str]) -> torch.Tensor:
+                return fn(self._stack(ns, g, name)[:, None],
+                          self._stack(other_ns, o, name).unflatten(0, (len(g), k)))
+
+            return self._pairwise(gen_d, keys, self._stack(ns, gen_d[:1], name).nbytes, embedding_pairs)
+        if m.kind == MAPS:
+            backbone = self.backbone(m.backbone)
+            ns = self._namespace(backbone)
+
+            def map_pairs(g: list[str], o: list[str]) -> torch.Tensor:
+                maps = {d: self.store.get(ns, d) for d in dict.fromkeys([*g, *o])}
+                layers = backbone.outputs
+                return fn([torch.stack([maps[d][x] for d in g])[:, None] for x in layers],
+                          [torch.stack([maps[d][x] for d in o]).unflatten(0, (len(g), k)) for x in layers])
+
+            # bytes per image of a block: fp16 maps + their fp32 difference
+            map_bytes = 3 * sum(t.nbytes for t in self.store.get(ns, gen_d[0]).values())
+            return self._pairwise(gen_d, other.digests, map_bytes, map_pairs)
+        if m.kind == PIXELS:
+            sources = {**other.sources, **gen_u}
+
+            def pixel_pairs(g: list[str], o: list[str]) -> torch.Tensor:
+                terms = self._msssim_terms({d: sources[d] for d in dict.fromkeys([*g, *o])})
+                return fn(Fn.cat_msssim_stats([terms[d] for d in g for _ in range(k)]),
+                          Fn.cat_msssim_stats([terms[d] for d in o])).reshape(len(g), k)
+
+            # bytes per image of a block: MS-SSIM terms + the pair temporaries
+            first = self._msssim_terms({gen_d[0]: gen_u[gen_d[0]]})[gen_d[0]]
+            return self._pairwise(gen_d, other.digests, 2 * _nbytes(first), pixel_pairs)
+        raise ValueError(f"metric {m.name}: kind {m.kind!r} is not a per-sample pair metric")
+
+    def _warn_skipped(self, skipped: dict[str, str]) -> None:
+        """One line: the weights missing, where scoring looked, and the columns left unscored."""
+        missing = [self._missing[bid] for bid in dict.fromkeys(skipped.values())]
+        where = "; ".join(f"{r.id} (looked in {', '.join(r.looked)})" for r in missing)
+        ids = " ".join(r.id for r in missing)
+        warnings.warn(f"{self.profile.name} profile: no weights for {where}: {', '.join(skipped)} not scored "
+                      f"(`pigeon-bench models prefetch {ids}` fetches them)", stacklevel=3)
+
+    def summarize(self, scores: SampleScores) -> dict:
+        """Means and seeded bootstrap CIs of every metric (set-level ones: resampling the sample set); null
+        for the skipped ones."""
+        df, n = scores.frame, len(scores.frame)
+        set_metrics = [m for m in table.TABLE if m.name in scores.sets]
+        if set_metrics and n < 2:
+            raise UserError(f"{set_metrics[0].short} needs at least 2 samples, got {n}")
+        for m in set_metrics:
+            if n < FID_RECOMMENDED_N:
+                warnings.warn(f"{m.short} on {n} samples (< {FID_RECOMMENDED_N}): biased, comparable only at "
+                              "equal n", stacklevel=2)
         level = 0.95
-        metrics: dict[str, dict[str, float]] = {}
-        per_sample = {m: df[m].to_numpy() for m in PER_SAMPLE_METRICS}
-        per_sample["overall"] = overall(per_sample["p_cis"], per_sample["a_cs"])
-        for m, values in per_sample.items():
+        metrics: dict[str, dict[str, float | None]] = {}
+        per_sample = {m.name: df[m.name].to_numpy() for m in table.PER_SAMPLE}
+        for m in table.TABLE:
+            if m.inputs:
+                per_sample[m.name] = m.function(*(per_sample[i] for i in m.inputs))
+        for name, values in per_sample.items():
+            if name in scores.skipped:
+                metrics[name] = _NOT_SCORED
+                continue
             lo, hi = stats.bootstrap_ci(values, self.n_boot, self.seed, level)
-            metrics[m] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi}
-        fid_of = Fn.paired_fid(fid_gen, fid_ref)
-        fid_boot = self.n_boot if n <= fid_gen.shape[1] else min(self.n_boot, FID_MAX_BOOT_LARGE_N)
-        if fid_boot < self.n_boot:
-            warnings.warn(f"FID's CI from {fid_boot} resamples, not {self.n_boot}: with n = {n} > "
-                          f"{fid_gen.shape[1]} features each resample is a full covariance "
-                          "eigendecomposition", stacklevel=2)
-        lo, hi = stats.bootstrap_ci(np.arange(n), fid_boot, self.seed, level,
-                                    statistic=lambda rows: fid_of(rows.astype(np.int64)))
-        metrics["fid"] = {"mean": fid_of(np.arange(n)), "lo": lo, "hi": hi}
+            metrics[name] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi}
+        bootstrap = {"n_boot": self.n_boot, "seed": self.seed, "level": level}
+        for m in table.TABLE:
+            if m.kind == SET and m.name not in scores.sets:
+                metrics[m.name] = _NOT_SCORED
+        for m in set_metrics:
+            gen, ref = scores.sets[m.name]
+            of_rows = m.function(gen, ref)
+            n_boot = self.n_boot if n <= gen.shape[1] else min(self.n_boot, FID_MAX_BOOT_LARGE_N)
+            if n_boot < self.n_boot:
+                warnings.warn(f"{m.short}'s CI from {n_boot} resamples, not {self.n_boot}: with n = {n} > "
+                              f"{gen.shape[1]} features each resample is a full covariance "
+                              "eigendecomposition", stacklevel=2)
+                bootstrap[f"{m.name}_n_boot"] = n_boot
+            lo, hi = stats.bootstrap_ci(np.arange(n), n_boot, self.seed, level,
+                                        statistic=lambda rows, f=of_rows: f(rows.astype(np.int64)))
+            metrics[m.name] = {"mean": of_rows(np.arange(n)), "lo": lo, "hi": hi}
         return {
-            "profile": self.profile,
-            "notice": TINY_PROFILE_NOTICE if self.profile == "tiny" else None,
+            "profile": self.profile.name,
+            "notice": self.profile.notice,
             "n": n,
             "metrics": {m: metrics[m] for m in METRICS},
             "backbones": self.fingerprints(),
-            "bootstrap": {"n_boot": self.n_boot, "seed": self.seed, "level": level,
-                          **({"fid_n_boot": fid_boot} if fid_boot != self.n_boot else {})},
+            "bootstrap": bootstrap,
             "preprocess": self.resize.id,
+            **({"skipped": scores.skipped} if scores.skipped else {}),
         }
 
-    def score_run(self, run_dir: str | Path, data_dir: str | Path | None = None) -> dict:
-        """Score RUN/images/<sample_id>.png; write RUN/scores.parquet and RUN/summary.json."""
-        run_dir = Path(run_dir)
-        manifest = read_manifest(run_dir)
+    def score_run(self, run: RunFolder | str | Path, data_dir: str | Path | None = None) -> dict:
+        """Score RUN's images against its dataset (``data_dir``, else the manifest's "data"); write RUN's
+        scores and summary and return the summary."""
+        run = run if isinstance(run, RunFolder) else RunFolder(run)
+        manifest = run.manifest_or_empty()
         data = data_dir or manifest.get("data")
         if not data:
-            raise UserError(f"{run_dir}: no manifest.json with \"data\"; pass the dataset folder (--data)")
+            raise UserError(f"{run.path}: no {MANIFEST} with \"data\"; pass the dataset folder (--data)")
         dataset = Dataset(data)
-        samples = run_samples(run_dir, dataset)
-        inputs = [SampleInputs(
-            s.sample_id, run_dir / "images" / f"{s.sample_id}.png",
-            [dataset.image_path(h) for h in s.history], [dataset.item(h).semantics for h in s.history],
-            dataset.image_path(s.reference_id), dataset.item(s.reference_id).semantics) for s in samples]
-        df, fid_gen, fid_ref = self.score_samples(inputs)
+        samples = _run_samples(run, dataset)
+        inputs = [sample_inputs(dataset, s, run.image_path(s.sample_id)) for s in samples]
+        scores = self.score_samples(inputs)
         summary = {
             **{k: manifest.get(k) for k in ("method", "label", "group")},
             "scenario": manifest.get("scenario") or dataset.scenario,
-            **self.summarize(df, fid_gen, fid_ref),
+            **self.summarize(scores),
             "selection": manifest.get("selection"),
             "alpha_r": manifest.get("alpha_r"),
         }
-        fileio.write_parquet(run_dir / "scores.parquet", df)
-        fileio.write_json(run_dir / "summary.json", summary)
+        run.write_scores(scores.frame)
+        run.write_summary(summary)
         return summary
 
     # ------------------------------------------------------------ helpers
@@ -377,30 +491,22 @@ class Scorer:
         return bar()
 
 
-def read_manifest(run_dir: Path) -> dict:
-    if not run_dir.is_dir():
-        raise UserError(f"run folder not found: {run_dir}")
-    path = run_dir / "manifest.json"
-    return fileio.read_json(path) if path.is_file() else {}
-
-
-def run_samples(run_dir: Path, dataset: Dataset) -> list[Sample]:
-    """The dataset's samples having RUN/images/<sample_id>.png, in dataset order; unknown ids are errors."""
-    images = run_dir / "images"
-    if not images.is_dir():
-        raise UserError(f"{run_dir}: no images/ folder (expected images/<sample_id>.png)")
-    ids = {p.stem for p in images.glob("*.png") if not p.name.startswith(".")}  # skip a killed write's temp
+def _run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:
+    """The dataset's samples having an image in the run, in dataset order; unknown ids are errors."""
+    if not run.images_dir.is_dir():
+        raise UserError(f"{run.path}: no {IMAGES}/ folder (expected {IMAGES}/<sample_id>{IMAGE_SUFFIX})")
+    ids = run.image_ids()
     if not ids:
-        raise UserError(f"{images}: no <sample_id>.png images")
+        raise UserError(f"{run.images_dir}: no <sample_id>{IMAGE_SUFFIX} images")
     by_id = {s.sample_id: s for s in dataset.samples()}
     unknown = sorted(ids - by_id.keys())
     if unknown:
         shown = ", ".join(unknown[:5])
-        raise UserError(f"{images}: image(s) for sample id(s) not in {dataset.root}: {shown}")
+        raise UserError(f"{run.images_dir}: image(s) for sample id(s) not in {dataset.root}: {shown}")
     return [s for sid, s in by_id.items() if sid in ids]
 
 
-def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: str = "paper",
+def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: Profile | str = PAPER,
               device: str = "cpu", batch_size: int = 16, cache_dir: str | Path | None = None) -> dict:
     """Convenience wrapper: a one-off Scorer for one run folder."""
     return Scorer(profile=profile, device=device, batch_size=batch_size, cache_dir=cache_dir).score_run(
@@ -414,8 +520,8 @@ def sample_inputs(dataset: Dataset, sample: Sample, generated: ImageSource) -> S
                         dataset.image_path(sample.reference_id), dataset.item(sample.reference_id).semantics)
 
 
-def score_samples(samples: Sequence[SampleInputs], profile: str = "paper", **scorer_options) -> pd.DataFrame:
+def score_samples(samples: Sequence[SampleInputs], profile: Profile | str = PAPER,
+                  **scorer_options) -> pd.DataFrame:
     """Per-sample metrics (sample_id + the per-sample columns) of ``samples``, with a one-off Scorer."""
-    return Scorer(profile=getattr(profile, "name", profile), progress=False, **scorer_options
-                  ).score_samples(samples)[0]
+    return Scorer(profile=profile, progress=False, **scorer_options).score_samples(samples).frame
 

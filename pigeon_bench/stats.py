@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_N_BOOT = 1000
+DEFAULT_N_BOOT = 1000  # every bootstrap's default: scoring's CIs (run summaries), compare, human-eval scores
 DEFAULT_N_PERM = 2000
 _CHUNK = 256  # resamples per block: bounds memory at _CHUNK x n x k floats
 

@@ -224,6 +224,24 @@ def missing_message(missing: list[Resolved], profile_name: str) -> str:
             "or use --profile tiny (not comparable with the paper)")
 
 
+class MissingWeights(UserError):
+    """Models whose weights are not on this machine; the message says where it looked and what to do."""
+
+    def __init__(self, missing: list[Resolved], profile_name: str):
+        super().__init__(missing_message(missing, profile_name))
+        self.missing = missing
+
+
+def require(model_ids: list[str] | tuple[str, ...], weights: dict[str, str | Path] | None,
+            profile_name: str) -> dict[str, Resolved]:
+    """Resolve the models; one MissingWeights naming every one that is missing."""
+    out = {i: resolve(i, weights) for i in model_ids}
+    missing = [r for r in out.values() if not r.found]
+    if missing:
+        raise MissingWeights(missing, profile_name)
+    return out
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file, memoised in the cache by (path, size, mtime) so multi-GB weights hash once."""
     path = Path(path).resolve()

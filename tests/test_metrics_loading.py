@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pigeon_bench import weights as W
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import backbones as B
-from pigeon_bench.metrics import weights as W
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -33,17 +33,18 @@ def fake_caches(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("weights")
     hf, torch_home = root / "hf", root / "torch"
     clip_model, _, _ = B.tiny_clip(seed=3)
-    torch.save(clip_model.state_dict(), _hf_snapshot(hf, W.CLIP_HF_REPO) / W.CLIP_FILES[1])
+    torch.save(clip_model.state_dict(), _hf_snapshot(hf, W.CLIP.hub_id) / "open_clip_pytorch_model.bin")
     dino_model, processor = B.tiny_dinov2(seed=3)
-    snap = _hf_snapshot(hf, W.DINO_HF_REPO)
+    snap = _hf_snapshot(hf, W.DINO.hub_id)
     dino_model.save_pretrained(snap)
     processor.save_pretrained(snap)
     ckpts = torch_home / "hub" / "checkpoints"
     ckpts.mkdir(parents=True)
     with B.seeded(3):
         features = B.vgg_features()  # the real VGG16 layout (torchvision's features.* keys), random weights
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, ckpts / W.VGG16_FILE)
-    torch.save(B.tiny_inception_state_dict(seed=3), ckpts / W.INCEPTION_FILE)
+    vgg_state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    torch.save(vgg_state, ckpts / W.LPIPS_VGG.torch_hub_file)
+    torch.save(B.tiny_inception_state_dict(seed=3), ckpts / W.FID_INCEPTION.torch_hub_file)
     return {"hf": hf, "torch_home": torch_home, "clip": clip_model, "dino": dino_model, "vgg": features}
 
 
@@ -54,9 +55,9 @@ def paper_env(fake_caches, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(fake_caches["hf"]))
     monkeypatch.setenv("TORCH_HOME", str(fake_caches["torch_home"]))
     # ViT-H-14 itself is ~1B parameters: the same loader runs on the tiny open_clip architecture instead
-    monkeypatch.setattr(W, "CLIP_MODEL", B.register_tiny_clip_config())
+    monkeypatch.setitem(W.CLIP.extra, "architecture", B.register_tiny_clip_config())
     for bid in B.BACKBONE_IDS:
-        monkeypatch.delenv(W.env_var(bid), raising=False)
+        monkeypatch.delenv(W.get(bid).env_var, raising=False)
     return fake_caches
 
 
@@ -87,7 +88,7 @@ def test_paper_profile_resolves_and_loads_real_formats(paper_env):
         expected = torch.nn.functional.normalize(dino_ref(pixel_values=pix).pooler_output, dim=-1)
         torch.testing.assert_close(built["dino"].encode(ims)["emb"], expected)
 
-        lins = torch.load(W.lpips_lin_file(), map_location="cpu", weights_only=True)
+        lins = torch.load(W.lpips_lin_files()[0], map_location="cpu", weights_only=True)
         lp_ref = B.LpipsVgg(paper_env["vgg"], [lins[f"lin{i}.model.1.weight"] for i in range(5)]).eval()
         x = B.pixels(ims).float() / 127.5 - 1
         got = built["lpips-vgg"].encode(ims)
@@ -106,7 +107,7 @@ def test_models_cli_lists_and_checks_found_weights(paper_env):
 
     res = CliRunner().invoke(app, ["models", "list", "--role", "scoring"])
     assert res.exit_code == 0, res.output
-    assert "MISSING" not in res.output and W.VGG16_FILE in res.output and REV in res.output
+    assert "MISSING" not in res.output and W.LPIPS_VGG.torch_hub_file in res.output and REV in res.output
     res = CliRunner().invoke(app, ["models", "check", "--role", "scoring"])
     assert res.exit_code == 0, res.output
     fp = W.files_fingerprint(W.resolve("fid-inception").paths)
@@ -119,7 +120,7 @@ def test_missing_weights_give_one_error_listing_all(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for bid in B.BACKBONE_IDS:
-        monkeypatch.delenv(W.env_var(bid), raising=False)
+        monkeypatch.delenv(W.get(bid).env_var, raising=False)
     with pytest.raises(UserError) as err:
         B.build("paper")
     msg = str(err.value)
@@ -133,7 +134,7 @@ def test_missing_weights_give_one_error_listing_all(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["models", "check", "--role", "scoring"])
     assert res.exit_code == 2 and "missing weights" in res.output
     assert CliRunner().invoke(app, ["models", "list", "--role", "scoring"]).output.count("MISSING") == 4
-    monkeypatch.setenv(W.env_var("lpips-vgg"), str(tmp_path / "nowhere.pth"))
+    monkeypatch.setenv(W.get("lpips-vgg").env_var, str(tmp_path / "nowhere.pth"))
     with pytest.raises(UserError, match="nowhere"):
         B.build("paper")
 
@@ -141,9 +142,9 @@ def test_missing_weights_give_one_error_listing_all(tmp_path, monkeypatch):
 def test_explicit_paths_override_caches(paper_env, tmp_path, monkeypatch):
     other = tmp_path / "inception.pth"
     torch.save(B.tiny_inception_state_dict(seed=4), other)
-    monkeypatch.setenv(W.env_var("fid-inception"), str(other))
+    monkeypatch.setenv(W.get("fid-inception").env_var, str(other))
     assert W.resolve("fid-inception").paths == [other]
-    vgg = paper_env["torch_home"] / "hub" / "checkpoints" / W.VGG16_FILE
+    vgg = paper_env["torch_home"] / "hub" / "checkpoints" / W.LPIPS_VGG.torch_hub_file
     built = B.build("paper", weights={"lpips-vgg": vgg})
     assert built["fid-inception"].fingerprint == W.files_fingerprint([other])
 
@@ -167,7 +168,7 @@ def test_prefetch_without_network_fails_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(W.env_var("clip"), raising=False)
+    monkeypatch.delenv(W.get("clip").env_var, raising=False)
     res = CliRunner().invoke(app, ["models", "prefetch"])
     assert res.exit_code == 2 and "prefetch of clip failed" in res.output
     assert len(res.output.strip().splitlines()) == 1

@@ -19,8 +19,8 @@ from test_report_fixtures import (  # noqa: F401 - cli_fixture provides the cli 
     write_sweep,
 )
 
-from pigeon_bench.report import (
-    PAPER_DIR,
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.reports import (
     TABLE1_COLUMNS,
     Row,
     Table,
@@ -28,10 +28,12 @@ from pigeon_bench.report import (
     build_report,
     format_value,
     marks,
+    paper_table,
     plot_sweeps,
-    render_markdown,
 )
-from pigeon_bench.schema import TINY_PROFILE_NOTICE
+from pigeon_bench.reports.render_md import render_markdown
+
+RESULTS_PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"  # the tool's committed output
 
 CSV_HEAD = ["method", "group", "overall", "p_cs", "p_cis", "p_dis", "p_lpips", "p_msssim", "a_cs", "a_cis",
             "a_dis", "fid", "n"]
@@ -65,7 +67,7 @@ def _md_rows(text: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("scenario", ["sticker", "movie"])
 def test_paper_table1_reproduces_the_printed_overall(scenario):
-    paper = pd.read_csv(PAPER_DIR / "table1.csv")
+    paper = paper_table("table1")
     paper = paper[paper["scenario"] == scenario]
     md = build_report([], scenario=scenario, fmt="md", paper=True)
     rows = {r[1]: r for r in _md_rows(md)}
@@ -147,6 +149,22 @@ def test_report_of_runs_with_paper_rows_beside(world):
     # Grd (Reference) and Hist (Sanity) have the highest values but are never marked.
     assert "**" not in "".join(rows["Grd"]) and "**" not in "".join(rows["Hist"])
     assert rows["Recon (paper)"][0] == "Reference" and rows["Hist"][0] == "Sanity"
+
+
+def test_a_folder_of_runs_and_a_sweep_stand_for_their_scored_runs(world, tmp_path):
+    runs = [world[k] for k in ("ti", "pmg", "grd", "hist", "pigeon")]
+    labels = [r[1] for r in _md_rows(build_report(runs))]
+    assert labels[labels.index("Pigeon (test-time best of 11)") + 1:][:3] == [
+        "Pigeon (α_r=0.0)", "Pigeon (α_r=0.5)", "Pigeon (α_r=1.0)"]  # a sweep: its selection, then its α_r
+    assert [r[1] for r in _md_rows(build_report([world["ti"].parent]))] == labels  # what `run` writes
+    again = build_report([world["pigeon"], world["pigeon"] / "selected", world["pigeon"] / "alpha_r=0.5"])
+    assert len(_md_rows(again)) == 4  # each run once
+    valid = tmp_path / "runs"
+    shutil.copytree(world["ti"], valid / "ti")
+    write_run(valid / "ti-valid", base_scores(seed=9), data=world["data"])
+    manifest = valid / "ti-valid" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"split": "test"', '"split": "valid"'))
+    assert [r[1] for r in _md_rows(build_report([valid]))] == ["TI"]  # valid-split runs only select
 
 
 def test_sweep_rows_order_and_labels(world, tmp_path):
@@ -252,7 +270,7 @@ def test_cli_ablation_and_plot(cli, world, tmp_path):
     (["report", "--ablation", "no-equals-sign"], "expected NAME=RUN"),
     (["report", "--ablation", "a={ti}", "--metric", "psnr"], "unknown metric(s) psnr"),
     (["report", "{ti}", "--metric", "p_cis"], "--ablation tables only"),
-    (["report", "{empty}"], "missing file"),
+    (["report", "{empty}"], "no scored run there"),
     (["report", "{broken}"], "missing metric(s) fid"),
     (["plot-sweep", "{ti}", "--out", "{tmp}/x.png"], "no sub-runs"),
     (["plot-sweep", "{pigeon}", "--out", "{tmp}/x.svg"], "PNG"),
@@ -270,4 +288,24 @@ def test_cli_usage_errors_are_one_line(cli, world, tmp_path, args, message):
 
 @pytest.mark.parametrize("fmt, name", [("md", "table1.md"), ("latex", "table1.tex")])
 def test_committed_paper_table_is_the_tools_output(fmt, name):
-    assert (PAPER_DIR / name).read_text(encoding="utf-8") == build_report([], fmt=fmt, paper=True)
+    assert (RESULTS_PAPER / name).read_text(encoding="utf-8") == build_report([], fmt=fmt, paper=True)
+
+
+def test_the_paper_tables_and_templates_ship_inside_the_package():
+    from importlib import resources
+
+    from pigeon_bench.reports.paper import PAPER_TABLES, paper_table_file
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    package = Path(str(resources.files("pigeon_bench"))).resolve()
+    for name in ("table1", "table2", "table3", "table4"):
+        source = paper_table_file(name)
+        assert source.is_file() and Path(str(source)).resolve().is_relative_to(package), name
+    assert not list(RESULTS_PAPER.glob("*.csv"))  # one source of truth: the package's copy
+    pyproject = tomllib.loads((RESULTS_PAPER.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["pigeon_bench"]
+    shipped = {p.relative_to(package).as_posix() for pattern in patterns for p in package.glob(pattern)}
+    needed = {p.relative_to(package).as_posix() for folder in (PAPER_TABLES, "templates")
+              for p in (package / folder).iterdir() if p.suffix in (".csv", ".j2")}
+    assert needed and needed <= shipped

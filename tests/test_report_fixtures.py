@@ -18,7 +18,8 @@ from pigeon_bench import fileio
 from pigeon_bench.cli import main
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.metrics import overall
-from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS
 from pigeon_bench.stats import bootstrap_ci
 
 N_SAMPLES = 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,11 @@ from pigeon_bench import fileio, stats
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
-from pigeon_bench.metrics import overall
+from pigeon_bench.metrics import overall, table
 from pigeon_bench.metrics.preprocess import ResizeSpec
-from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, TINY_PROFILE_NOTICE
-from pigeon_bench.scoring import SampleInputs, Scorer
+from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS
+from pigeon_bench.scoring import SampleInputs, SampleScores, Scorer
 
 SIZE = 176  # smallest resize MS-SSIM allows; the 512 default is exercised by the CLI test
 
@@ -103,8 +105,8 @@ def test_clip_and_dino_scores_match_direct_library_calls(world, scored):
     scorer, _, _ = scored
     ds, run = world
     df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
-    model, preprocess, tokenizer = scorer.backbones["clip"].loaded
-    dino, processor = scorer.backbones["dino"].loaded
+    model, preprocess, tokenizer = scorer.backbone("clip").loaded
+    dino, processor = scorer.backbone("dino").loaded
     hist = [str((0 + j) % 9) for j in range(5)]
     gen = _resized(run / "images" / "s0.png")
     ref = _resized(ds / "img" / "6.png")
@@ -204,8 +206,8 @@ def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored
     gen, ref = rng.normal(size=(12, 4)), rng.normal(1.0, 1.0, size=(12, 4))
     with w.catch_warnings(record=True) as caught:
         w.simplefilter("always")
-        big = scorer.summarize(df, gen, ref)  # n = 12 > d = 4
-        small = scorer.summarize(df.iloc[:3], gen[:3], ref[:3])  # n = 3 <= d: every resample
+        big = scorer.summarize(SampleScores(df, {"fid": (gen, ref)}, {}))  # n = 12 > d = 4
+        small = scorer.summarize(SampleScores(df.iloc[:3], {"fid": (gen[:3], ref[:3])}, {}))  # n = 3 <= d
     assert big["bootstrap"]["fid_n_boot"] == min(scorer.n_boot, scoring.FID_MAX_BOOT_LARGE_N) == 100
     assert any("FID's CI from 100 resamples" in str(c.message) for c in caught)
     idx = stats.bootstrap_indices(12, 100, scorer.seed)
@@ -222,7 +224,7 @@ def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):
     assert all(v == 0 for v in warm.forward_counts().values())
     assert again["metrics"] == summary["metrics"]
     # nothing was loaded either: a warm pass never builds a paper model
-    assert warm.backbones["lpips-vgg"].forwards == 0
+    assert warm.backbone("lpips-vgg").forwards == 0
 
 
 def test_each_unique_image_goes_through_each_backbone_once(world, scored):
@@ -274,7 +276,7 @@ def test_identical_images_score_100(world, scored):
                         ds / "img" / "2.png", "t")
     other = SampleInputs("y", ds / "img" / "3.png", [ds / "img" / "1.png"] * 5, ["u"] * 5,
                          ds / "img" / "4.png", "u")
-    df, _, _ = scorer.score_samples([same, other])
+    df = scorer.score_samples([same, other]).frame
     row = df.iloc[0]
     for m in ("a_cis", "a_dis", "p_cis", "p_dis"):
         assert row[m] == pytest.approx(100.0, abs=1e-4)
@@ -307,7 +309,7 @@ def test_small_images_follow_the_resize_and_too_small_specs_are_refused(world, s
     scorer, _, _ = scored
     tiny = _drawing(3, size=24)  # far below MS-SSIM's 161-pixel minimum: the common resize brings it to 176
     s = SampleInputs("t", tiny, [tiny] * 5, ["a"] * 5, tiny, "a")
-    df, _, _ = scorer.score_samples([s, s])
+    df = scorer.score_samples([s, s]).frame
     assert df["p_msssim"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(UserError, match="MS-SSIM"):
         ResizeSpec(100)
@@ -365,3 +367,113 @@ def test_cli_score_with_data_flag_and_the_profile_default_resize(world, tmp_path
     assert first["metrics"] == second["metrics"]
     res = CliRunner().invoke(app, ["score", str(tmp_path / "missing"), "--profile", "tiny"])
     assert res.exit_code == 2 and "run folder not found" in res.output
+
+
+# ---------------------------------------------------------------- weights resolved per backbone, on first use
+
+
+@pytest.fixture
+def no_weights(monkeypatch, tmp_path) -> None:
+    """An empty HF cache and TORCH_HOME and no PIGEON_BENCH_WEIGHTS_*: the paper profile finds no weights."""
+    import huggingface_hub.constants
+
+    from pigeon_bench import weights
+    from pigeon_bench.metrics import backbones as B
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for bid in B.BACKBONE_IDS:
+        monkeypatch.delenv(weights.get(bid).env_var, raising=False)
+    # ViT-H-14 itself is ~1B parameters: the paper's loader runs on the tiny open_clip architecture instead
+    monkeypatch.setitem(weights.CLIP.extra, "architecture", B.register_tiny_clip_config())
+
+
+@pytest.fixture
+def clip_weights(no_weights, tmp_path) -> Path:
+    """Explicit CLIP weights (open_clip state-dict file): the tiny profile's own CLIP, seed 0."""
+    from pigeon_bench.metrics import backbones as B
+
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(B.tiny_clip(seed=0)[0].state_dict(), path)
+    return path
+
+
+def test_clip_only_scoring_skips_and_names_the_columns_of_missing_weights(world, scored, clip_weights,
+                                                                          tmp_path):
+    from pigeon_bench.compare import compare_runs
+    from pigeon_bench.reports import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(world[1], run)
+    scorer = Scorer("paper", resize=SIZE, cache_dir=tmp_path / "cache", weights={"clip": clip_weights},
+                    n_boot=200, progress=False)
+    with pytest.warns(UserWarning) as caught:
+        summary = scorer.score_run(run)
+    lines = [str(w.message) for w in caught if "not scored" in str(w.message)]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert all(f"{bid} (looked in" in lines[0] for bid in ("dino", "lpips-vgg", "fid-inception"))
+    assert "p_dis, p_lpips, a_dis, fid not scored" in lines[0] and "clip" not in lines[0].split(":")[0]
+    assert summary["skipped"] == {"p_dis": "dino", "p_lpips": "lpips-vgg", "a_dis": "dino",
+                                  "fid": "fid-inception"}
+    assert set(summary["backbones"]) == {"clip"}
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["skipped"] == summary["skipped"]
+    for m in summary["skipped"]:
+        assert on_disk["metrics"][m] == {"mean": None, "lo": None, "hi": None}
+    df = pd.read_parquet(run / "scores.parquet")
+    assert list(df.columns) == ["sample_id", *PER_SAMPLE_METRICS]
+    assert df[["p_dis", "p_lpips", "a_dis"]].isna().all().all()
+    # what was scored is unchanged: the tiny profile's CLIP has these very weights; MS-SSIM needs none
+    tiny = pd.read_parquet(world[1] / "scores.parquet")
+    for m in ("p_cs", "p_cis", "a_cs", "a_cis", "p_msssim"):
+        np.testing.assert_allclose(df[m], tiny[m], rtol=0, atol=1e-9, err_msg=m)
+    expected_overall = overall(df["p_cis"].mean(), df["a_cs"].mean())
+    assert on_disk["metrics"]["overall"]["mean"] == pytest.approx(expected_overall)
+    # reports print "-" for the skipped columns; compare calls them n/a
+    row = next(line for line in build_report([run], ci=False).splitlines() if line.startswith("| Reference"))
+    cells = [c.strip() for c in row.strip("|").split("|")][2:]
+    shown = dict(zip(table.NAMES, cells, strict=True))
+    assert {m for m, text in shown.items() if text == "-"} == set(summary["skipped"])
+    verdicts = {r.metric: r.verdict for r in compare_runs(run, run, n_boot=100, n_perm=100).results}
+    assert {m for m, v in verdicts.items() if v == "n/a"} == set(summary["skipped"])
+
+
+def test_wrote_knows_its_own_summaries_and_sees_new_weights(world, scored, clip_weights, tmp_path):
+    from pigeon_bench.metrics import backbones as B
+
+    tiny_scorer, tiny_summary, _ = scored
+    assert tiny_scorer.wrote(tiny_summary)
+    assert not Scorer("tiny", resize=SIZE, n_boot=100, progress=False).wrote(tiny_summary)
+    assert not Scorer("tiny", n_boot=200, progress=False).wrote(tiny_summary)  # the profile's 192 px resize
+    run = tmp_path / "run"
+    shutil.copytree(world[1], run)
+    args = {"resize": SIZE, "cache_dir": tmp_path / "cache", "n_boot": 200, "progress": False}
+    clip_only = Scorer("paper", weights={"clip": clip_weights}, **args)
+    with pytest.warns(UserWarning):
+        summary = clip_only.score_run(run)
+    assert clip_only.wrote(summary) and not tiny_scorer.wrote(summary)
+    dino = tmp_path / "dinov2"  # DINO's weights arrive (a save_pretrained folder): the summary is stale
+    model, processor = B.tiny_dinov2(seed=0)
+    model.save_pretrained(dino)
+    processor.save_pretrained(dino)
+    with_dino = Scorer("paper", weights={"clip": clip_weights, "dino": dino}, **args)
+    assert not with_dino.wrote(summary)
+    with pytest.warns(UserWarning, match="lpips-vgg .*: p_lpips, fid not scored"):
+        again = with_dino.score_run(run)
+    assert with_dino.wrote(again) and set(again["backbones"]) == {"clip", "dino"}
+    assert again["skipped"] == {"p_lpips": "lpips-vgg", "fid": "fid-inception"}
+    assert again["metrics"]["p_dis"]["mean"] is not None
+
+
+def test_no_weights_at_all_is_one_error_naming_every_backbone(world, no_weights, tmp_path):
+    from pigeon_bench.metrics import backbones as B
+    from pigeon_bench.weights import MissingWeights
+
+    scorer = Scorer("paper", resize=SIZE, cache_dir=tmp_path, progress=False)  # resolves nothing yet
+    with pytest.raises(MissingWeights) as err:
+        scorer.score_run(world[1])
+    message = str(err.value)
+    assert "\n" not in message and "pigeon-bench models prefetch" in message
+    assert all(f"{bid} (looked in" in message for bid in B.BACKBONE_IDS)
+    with pytest.raises(UserError, match=r"missing weights for clip \(looked in"):
+        scorer.clip_image_embeddings([world[0] / "img" / "0.png"])

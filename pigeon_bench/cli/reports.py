@@ -9,6 +9,7 @@ import typer
 
 from pigeon_bench.cli import group
 from pigeon_bench.errors import UserError
+from pigeon_bench.stats import DEFAULT_N_BOOT
 
 human_eval_app = group("Human-evaluation kit (Table 2).")
 
@@ -41,7 +42,7 @@ def report(
     cases: Annotated[int, typer.Option(help="HTML: how many cases to show with their images.")] = 8,
 ) -> None:
     """Table 1 (or an ablation table) from scored runs, optionally beside the paper's numbers."""
-    from pigeon_bench import report as rep
+    from pigeon_bench import reports as rep
 
     if ablation:
         if runs:
@@ -64,7 +65,7 @@ def plot_sweep(
         help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
 ) -> None:
     """Fig. 4-style line plots of metrics against the swept mask ratio, one line per sweep."""
-    from pigeon_bench.report import plot_sweeps
+    from pigeon_bench.reports import plot_sweeps
 
     typer.echo(f"wrote {plot_sweeps(sweeps, out, tuple(metric or ('p_cis', 'a_cs')))}", err=True)
 
@@ -78,7 +79,7 @@ def compare(
     alpha: Annotated[float, typer.Option(
         help="Family-wise significance level (Holm over gated metrics).")] = 0.05,
     fmt: Annotated[str, typer.Option("--format", help="md or json.")] = "md",
-    n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = 2000,
+    n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples.")] = DEFAULT_N_BOOT,
     n_perm: Annotated[int, typer.Option(help="Permutations (exact enumeration when 2^n is smaller).")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the permutations.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the report to this file.")] = None,

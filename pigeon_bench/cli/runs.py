@@ -124,7 +124,8 @@ def score(
             summary = scorer.score_run(folder.path, data)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
-        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items())
+        means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items()
+                          if v["mean"] is not None)
         typer.echo(f"{folder}: n={summary['n']}  {means}")
         if summary["notice"]:
             typer.echo(summary["notice"])

@@ -1,4 +1,5 @@
-"""Metrics: backbones (registry, profiles, loading), the feature cache, and pure functions over features.
+"""Metrics: the metric table (table), backbones (registry, loading, tiny stand-ins), the feature cache, and
+the pure functional layer (functional, aggregate) the table's entries name.
 
 Importing this package is light (no torch models); heavy modules load on use.
 """

@@ -29,12 +29,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pigeon_bench import weights as weight_table
 from pigeon_bench.errors import UserError
-from pigeon_bench.metrics import weights as W
+from pigeon_bench.profiles import Profile, get_profile
 from pigeon_bench.registry import Registry
 
-BACKBONE_IDS = ("clip", "dino", "lpips-vgg", "fid-inception")
-PROFILES = ("paper", "tiny")
 TINY_CLIP_NAME = "pigeon-tiny-clip"
 TINY_CLIP_CFG = {
     "embed_dim": 32,
@@ -222,7 +221,8 @@ def load_lpips_vgg(vgg_checkpoint: str | Path, lin_file: str | Path | None = Non
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{vgg_checkpoint}: not a torchvision VGG16 checkpoint ({first})") from None
-    lins = torch.load(str(lin_file or W.lpips_lin_file()), map_location="cpu", weights_only=True)
+    lin_file = lin_file or weight_table.lpips_lin_files()[0]
+    lins = torch.load(str(lin_file), map_location="cpu", weights_only=True)
     return LpipsVgg(features, [lins[f"lin{i}.model.1.weight"] for i in range(5)]).eval()
 
 
@@ -341,56 +341,58 @@ def tiny_inception(seed: int = 0):
 
 @dataclass(frozen=True)
 class BackboneDef:
-    """How to build one backbone in each profile."""
+    """How to build one backbone (a scoring entry of the weight table) with real weights and as a tiny
+    seeded stand-in."""
 
     id: str
     cls: type[Backbone]
-    description: str
     preprocess: str
     paper: Callable[[list[Path]], Any]  # resolved paths -> loaded model tuple/module
     tiny: Callable[[int], Any]
 
 
+def _load_clip(paths: list[Path]):
+    extra = weight_table.CLIP.extra
+    return load_open_clip(extra["architecture"], paths[0], extra["pretrained"])
+
+
 backbones: Registry[BackboneDef] = Registry("backbone")
 backbones.register("clip", BackboneDef(
-    "clip", ClipBackbone, f"open_clip {W.CLIP_MODEL} / {W.CLIP_PRETRAINED} image and text towers",
+    "clip", ClipBackbone,
     "open_clip transform (resize 224 shortest side, bicubic, centre crop, OpenAI mean/std)",
-    lambda p: load_open_clip(W.CLIP_MODEL, p[0], W.CLIP_PRETRAINED), tiny_clip))
+    _load_clip, tiny_clip))
 backbones.register("dino", BackboneDef(
-    "dino", DinoBackbone, f"transformers Dinov2Model {W.DINO_HF_REPO} pooler_output",
-    "HF BitImageProcessor (PIL backend) from preprocessor_config.json",
+    "dino", DinoBackbone, "HF BitImageProcessor (PIL backend) from preprocessor_config.json",
     lambda p: load_dinov2(p[0].parent), tiny_dinov2))
 backbones.register("lpips-vgg", BackboneDef(
-    "lpips-vgg", LpipsBackbone, "lpips v0.1 VGG16 (torchvision features + lpips linear weights)",
-    "[-1, 1] scaling, lpips ScalingLayer; float16 normalized maps",
+    "lpips-vgg", LpipsBackbone, "[-1, 1] scaling, lpips ScalingLayer; float16 normalized maps",
     lambda p: load_lpips_vgg(p[0], p[1]), tiny_lpips_vgg))
 backbones.register("fid-inception", BackboneDef(
-    "fid-inception", InceptionBackbone, "torch-fidelity FID InceptionV3 pool3 (2048-d)",
+    "fid-inception", InceptionBackbone,
     "uint8, TF1-style bilinear resize to 299 (tiny: 75) inside the extractor",
     lambda p: load_fid_inception(p[0]), tiny_inception))
+BACKBONE_IDS: tuple[str, ...] = tuple(backbones.names())
 
 
-def build(profile, device: str = "cpu", weights: dict[str, str | Path] | None = None,
-          seed: int = 0, ids: tuple[str, ...] | None = None) -> dict[str, Backbone]:
-    """All backbones of a profile. Paper: weights resolved up front (one error lists all missing), loaded
-    lazily; tiny: seeded random weights of small architectures, built now (seconds, offline)."""
-    profile = getattr(profile, "name", profile)
-    if profile not in PROFILES:
-        raise UserError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+def build(profile: Profile | str, device: str = "cpu", weights: dict[str, str | Path] | None = None,
+          ids: tuple[str, ...] | None = None, seed: int = 0) -> dict[str, Backbone]:
+    """The backbones ``ids`` (default: all) of a profile. Real weights: resolved now (one MissingWeights
+    names every one missing) and fingerprinted, loaded lazily; seeded stand-ins: built now (seconds,
+    offline)."""
+    profile = get_profile(profile)
     chosen = ids or BACKBONE_IDS
+    defs = {bid: backbones.get(bid) for bid in chosen}
     out: dict[str, Backbone] = {}
-    if profile == "paper":
-        resolved = W.require(list(chosen), weights)
-        for bid in chosen:
-            d = backbones.get(bid)
-            paths = resolved[bid].paths
-            out[bid] = d.cls(bid, W.files_fingerprint(paths), d.preprocess,
-                             _to_device(lambda d=d, paths=paths: d.paper(paths), device), device)
+    if profile.seeded_models:
+        for bid, d in defs.items():
+            loaded, fingerprint = _tiny(bid, seed, device)
+            out[bid] = d.cls(bid, fingerprint, "tiny|" + d.preprocess, lambda loaded=loaded: loaded, device)
         return out
-    for bid in chosen:
-        d = backbones.get(bid)
-        loaded, fingerprint = _tiny(bid, seed, device)
-        out[bid] = d.cls(bid, fingerprint, "tiny|" + d.preprocess, lambda loaded=loaded: loaded, device)
+    resolved = weight_table.require(chosen, weights, profile.name)
+    for bid, d in defs.items():
+        paths = resolved[bid].paths
+        out[bid] = d.cls(bid, weight_table.files_fingerprint(paths), d.preprocess,
+                         _to_device(lambda d=d, paths=paths: d.paper(paths), device), device)
     return out
 
 

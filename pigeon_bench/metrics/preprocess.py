@@ -1,20 +1,19 @@
-"""Image preprocessing shared by every backbone, and the content hash that keys the feature cache.
+"""Image preprocessing shared by every backbone (the profile chooses the common resize: ``Profile.resize``).
 
 Paper-compatible default: every image (generated, history, reference) is first converted to 8-bit RGB
 (``pigeon_bench.fileio.to_rgb``: alpha over white, 16-bit scaled, palette expanded) and resized to 512x512
-with
-PIL bilinear interpolation, as the official evaluation does. Each backbone then applies its own preprocessing
-on top (CLIP: open_clip's transform; DINO: the HF image processor; LPIPS: [-1, 1] scaling; FID:
+with PIL bilinear interpolation, as the official evaluation does. Each backbone then applies its own
+preprocessing on top (CLIP: open_clip's transform; DINO: the HF image processor; LPIPS: [-1, 1] scaling; FID:
 torch-fidelity's TF1-style bilinear resize to 299 on uint8; MS-SSIM: 0-255 floats of the 512x512 image).
+The tiny profile resizes to 192, the smallest convenient side above MS-SSIM's minimum, so that the pairwise
+MS-SSIM and LPIPS terms (which dominate when the backbones are tiny) cost ~7x less than at 512.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from pigeon_bench import fileio
@@ -55,27 +54,8 @@ class ResizeSpec:
         return im.resize((self.size, self.size), _INTERPOLATIONS[self.interpolation])
 
 
-PAPER_RESIZE = ResizeSpec()
-# The tiny profile's default: the smallest convenient side above MS-SSIM's minimum, so that the pairwise
-# MS-SSIM and LPIPS terms (which dominate when the backbones are tiny) cost ~7x less than at 512.
-TINY_RESIZE = ResizeSpec(size=192)
-PROFILE_RESIZE = {"paper": PAPER_RESIZE, "tiny": TINY_RESIZE}
-
-
 def load_image(src: str | Path | Image.Image) -> Image.Image:
     """A path (errors name the file) or a PIL image, as 8-bit RGB."""
     if isinstance(src, Image.Image):
         return fileio.to_rgb(src)
     return fileio.load_rgb(src)
-
-
-def image_digest(im: Image.Image) -> str:
-    """sha256 of the decoded RGB pixels and size: one picture keys the same features in any file format."""
-    im = fileio.to_rgb(im)
-    h = hashlib.sha256(f"rgb8:{im.size[0]}x{im.size[1]}:".encode())
-    h.update(np.asarray(im, dtype=np.uint8).tobytes())
-    return h.hexdigest()
-
-
-def text_digest(text: str) -> str:
-    return hashlib.sha256(("text:" + text).encode("utf-8")).hexdigest()

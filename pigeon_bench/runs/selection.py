@@ -44,8 +44,18 @@ def choose_fixed(scores: dict[float, pd.DataFrame]) -> tuple[float, dict[float, 
     return best, means
 
 
+def _check_criterion(sweep: Sweep) -> None:
+    """The rule needs p_cis and a_cs: refuse a sweep scored without them (CLIP weights absent)."""
+    for run in sweep.runs():
+        skipped = set((run.read_summary().get("skipped") or {}) if run.has_summary() else ())
+        if skipped & set(CRITERION):
+            raise UserError(f"{run.path} was scored without {', '.join(sorted(skipped & set(CRITERION)))} "
+                            "(its backbone's weights are missing): α_r cannot be selected")
+
+
 def select_test_time(sweep: Sweep) -> RunFolder:
     """Write ``Sweep.selected``: per sample, the best α_r by the paper's rule on the test metrics."""
+    _check_criterion(sweep)
     dest = sweep.selected
     if newer(dest.manifest_path, [r.scores_path for r in sweep.runs()]):
         return dest  # selected since the sweep was last scored
@@ -74,6 +84,7 @@ def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
     valid_run = str(valid.path.resolve())
     if newer(dest.manifest_path, deps) and dest.manifest()["valid_run"] == valid_run:
         return dest  # chosen since both sweeps were last scored
+    _check_criterion(valid)
     best, means = choose_fixed(valid.read_scores_by_alpha(CRITERION))
     src = sweep.point(best)
     manifest = src.manifest()

@@ -2,7 +2,8 @@
 
 Options of the "lavit" backbone: ``path`` (a LaVIT-7B-v2 folder or hub id, default rain1011/LaVIT-7B-v2;
 "tiny" builds/loads the tiny random LaVIT-layout folder in the pigeon-bench cache) and any ``LaVITConfig``
-field as an override (e.g. ``output_size=512``, ``num_inference_steps=25``).
+field as an override (e.g. ``output_size=512``, ``num_inference_steps=25``); ``load_in_8bit`` loads the LLM in
+8-bit (bitsandbytes on a CUDA device only; pigeon.inference.InferenceSettings.backbone_options sets it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ __all__ = ["REPO_ID", "TINY", "LaVITBackbone", "LaVITConfig", "ensure_tiny_lavit
 
 @backbones.register("lavit")
 def build_lavit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                path: str | Path = REPO_ID, **overrides: Any) -> LaVITBackbone:
-    """The "lavit" backbone factory."""
+                path: str | Path = REPO_ID, load_in_8bit: bool = False, **overrides: Any) -> LaVITBackbone:
+    """The "lavit" backbone factory (``load_in_8bit``: the LLM in 8-bit, CUDA + bitsandbytes only)."""
     folder = ensure_tiny_lavit_folder() if str(path) == "tiny" else path
-    return LaVITBackbone.from_pretrained(folder, dtype=dtype, device=device, **overrides)
+    return LaVITBackbone.from_pretrained(folder, dtype=dtype, device=device, load_in_8bit=load_in_8bit,
+                                         **overrides)

@@ -13,6 +13,11 @@ from pigeon_bench.errors import UserError
 app = typer.Typer(name="pigeon", help="Pigeon checkpoints in the released layout.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Pigeon checkpoints in the released layout (a command group even with one command)."""
+
+
 def summary(report: dict[str, Any]) -> str:
     """A few lines of what ``inspect_checkpoint`` found."""
     lines = [f"{report['path']}: {report['layout']} checkpoint, backbone {report['backbone'] or 'unknown'}"

@@ -20,7 +20,14 @@ from torch import nn
 
 from pigeon.backbone import Backbone
 from pigeon.inference import InferenceSettings, default_settings
-from pigeon.mask import MASK_RULES, REFERENCE_MASK_SCHEMES, MaskGenerator, keep_masks, masks_high_scores
+from pigeon.mask import (
+    MASK_RULES,
+    REFERENCE_MASK_SCHEMES,
+    MaskGenerator,
+    keep_logits,
+    keep_masks,
+    masks_high_scores,
+)
 from pigeon.personalization import Adapter, textual_tokens, visual_features
 from pigeon.prompt import PROMPTS, TEMPLATES, PromptBuilder, prompt_layout, reference_text
 from pigeon_bench.errors import UserError
@@ -184,13 +191,17 @@ class PigeonModel(nn.Module):
             else:
                 h_masks.append([torch.ones_like(si) for si in s[:-1]])
             ratio = 0.0 if (training and cfg.reference_mask == "none") else a
-            if cfg.reference_mask == "random":
-                rand = torch.rand(s[-1].shape, generator=gen).to(s[-1])
-                m = keep_masks([rand], ratio, rules=cfg.mask_rules, noise=False)[0]
-            else:
-                m = keep_masks([s[-1]], ratio, drop_high=drop_high, rules=cfg.mask_rules, noise=noise,
-                               generator=gen, tau=cfg.tau)[0]
-            r_masks.append(m[1:-1] if official else m)
+            random_ = cfg.reference_mask == "random"
+            rank = torch.rand(s[-1].shape, generator=gen).to(s[-1]) if random_ else s[-1]
+            drop = drop_high and not random_
+            m = keep_masks([rank], ratio, drop_high=drop, rules=cfg.mask_rules, noise=noise and not random_,
+                           generator=gen, tau=cfg.tau)[0]
+            if official:
+                m = m[1:-1]
+                if not m.any():  # only "boi"/"eoi" kept: the decoder needs a code, keep the best-ranked one
+                    m = m.clone()
+                    m[keep_logits(rank, drop, cfg.mask_rules)[1:-1].argmax()] = 1.0
+            r_masks.append(m)
         return h_masks, r_masks
 
     def reference_texts(self, examples: Sequence[Example]) -> list[str]:

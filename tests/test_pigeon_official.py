@@ -357,3 +357,17 @@ def test_cli_inspect_prints_what_it_found(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert isinstance(result.exception, UserError)
     assert "missing adapter/model.safetensors|pytorch_model.bin" in str(result.exception)
+
+
+def test_reference_keeps_a_code_when_only_img_tokens_survive() -> None:
+    """At α_r = 1.0 the official count keeps one of 18 entries; when that is <img> or </img> the decoder
+    would get no code, so the best-ranked code stays."""
+    torch.manual_seed(0)
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16)).eval()
+    ex = examples(1)
+    kept = []
+    with torch.no_grad():
+        for seed in range(40):
+            _, ref = model.masks(ex, [1.0], training=False, generators=[torch.Generator().manual_seed(seed)])
+            kept.append(int(ref[0].sum()))
+    assert set(kept) == {1}

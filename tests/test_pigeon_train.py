@@ -13,7 +13,16 @@ from test_pigeon_modules import SMALL, _one_thread, small_backbone  # noqa: F401
 
 from pigeon.model import PigeonConfig, PigeonModel, load_checkpoint, save_checkpoint
 from pigeon.tiny import TinyBackbone, TinyConfig
-from pigeon.train import DPOSpec, TrainSpec, dpo_loss, train_dpo, train_sft
+from pigeon.train import (
+    DPOSpec,
+    TrainSpec,
+    dpo_loss,
+    item_texts,
+    template_fields,
+    train_dpo,
+    train_sft,
+    with_dataset_scenario,
+)
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import build_request, create_generator
@@ -173,3 +182,20 @@ def test_generators_answer_requests(dataset: Path, backbone_dir: Path, tmp_path:
                                                      "backbone": "tiny"}).generate(reqs)
     with pytest.raises(UserError, match="no option"):
         create_generator("pigeon", "tiny", options={"alpha_x": 1})
+
+
+def test_official_template_fields_come_from_the_items_table(tmp_path: Path) -> None:
+    from pigeon_bench.data import Dataset
+
+    items = pd.DataFrame({"item_id": ["1", "2", "3"], "image_path": ["a.png"] * 3, "semantics": ["s"] * 3,
+                          "title": ["Heat (1995)", "Alien (1979)", "Up"], "emotion": ["joy", None, "anger"]})
+    samples = pd.DataFrame([{"sample_id": "x", "user_id": "u", "history": ["1"] * 5, "target_id": "2",
+                             "reference_id": "3", "split": "train", "instruction": "i"}])
+    write_dataset(tmp_path, items, samples, {"scenario": "movie"})
+    texts = item_texts(Dataset(tmp_path))
+    assert texts["1"] == {"title": "Heat", "emotion": "joy"} and texts["2"] == {"title": "Alien"}
+    fields = template_fields(texts, ["1", "2", "1", "2", "3"], "3")
+    assert fields == {"emotion": "anger", "title": "Up",
+                      "history_titles": ["Heat", "Alien", "Heat", "Alien", "Up"]}
+    assert template_fields(texts, ["1", "9"], "9") == {"emotion": None, "title": None, "history_titles": None}
+    assert with_dataset_scenario(PigeonConfig(), tmp_path).scenario == "movie"

@@ -117,7 +117,7 @@ class PigeonModel(nn.Module):
         self.mask_generator = MaskGenerator(d, cfg.mask_heads, cfg.mask_layers, cfg.mask_feedforward,
                                             cfg.dropout, cfg.encoder_dropout, cfg.mask_positions)
         self.adapter = Adapter(backbone.feature_dim, cfg.adapter_hidden, d, cfg.dropout)
-        self.mask_generator.to(backbone.device, backbone.dtype)
+        self.mask_generator.to(backbone.device, torch.float32)  # float32 whatever the LM's dtype, as released
         self.adapter.to(backbone.device, backbone.dtype)
         self.prompts = PromptBuilder(backbone)
 
@@ -226,9 +226,9 @@ class PigeonModel(nn.Module):
             with torch.no_grad():
                 hist_e = [bb.embed_visual(c) for c in ex.history]
                 ref_e = bb.embed_visual(ex.reference)
-            tensors = {f"h{i}": e * m[:, None]
+            tensors = {f"h{i}": e * m[:, None].to(e.dtype)
                        for i, (e, m) in enumerate(zip(hist_e, h_masks[b], strict=True))}
-            tensors["ref"] = ref_e * r_masks[b][:, None]
+            tensors["ref"] = ref_e * r_masks[b][:, None].to(ref_e.dtype)
             if r_t is not None:
                 tensors["r_t"] = r_t[b]
             if r_v is not None:

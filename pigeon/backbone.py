@@ -138,6 +138,7 @@ class Backbone(nn.Module, ABC):
 
 BackboneFactory = Callable[..., Backbone]
 
+LAVIT = "lavit"  # the name LaVIT-7B-v2 registers under (pigeon/lavit)
 _BUILTIN = ("pigeon.tiny", "pigeon.lavit")
 backbones: Registry[BackboneFactory] = Registry(
     "backbone", builtin_modules=tuple(m for m in _BUILTIN if importlib.util.find_spec(m))

@@ -17,28 +17,47 @@ from typing import Any, ClassVar
 
 import torch
 
+from pigeon.backbone import LAVIT
+from pigeon.inference import PAPER as PAPER_SETTINGS
+from pigeon.inference import TINY as TINY_SETTINGS
+from pigeon.inference import InferenceSettings, resolve
 from pigeon.tiny import TinyBackbone
 from pigeon_bench import artifacts
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import GenerationRequest, GenerationResult, Generator, Option, generators
-from pigeon_bench.profiles import PAPER, TINY, ByProfile
+from pigeon_bench.profiles import ByProfile
 
 DEFAULT_ALPHA_R = 0.5  # used when a request carries no α_r (Fig. 4(b) fixes it at 0.5)
 AUTO_SFT = {"steps": 60, "batch_size": 4, "lr": 2e-3}  # the auto-trained stage-1 checkpoint (see README)
 LAVIT_BASELINE = {"history_mask": False, "encoding": False, "reference_mask": "random"}
-LAVIT = "lavit"
 
-SAMPLING = (
-    Option("temperature", float, "sampling temperature of the visual tokens (0: greedy)", 1.0),
-    Option("top_k", int, "top-k of the visual-token sampling", 50),
-)
+_SETTINGS_HELP = {
+    "do_sample": "sample the visual tokens (false: greedy, or plain beam search)",
+    "temperature": "sampling temperature of the visual tokens",
+    "top_k": "top-k of the visual-token sampling",
+    "top_p": "nucleus (top-p) of the visual-token sampling",
+    "num_beams": "beams of the visual-token search (with do_sample: beam sampling)",
+    "min_new_tokens": "visual tokens before the end of the image may be generated",
+    "max_new_tokens": "most visual tokens per image (also capped by the backbone)",
+    "length_penalty": "finished beams rank by score / length ** length_penalty",
+    "llm_8bit": "the LLM in 8-bit (bitsandbytes on a GPU; otherwise noted and run in the model dtype)",
+    "guidance_scale": "guidance scale of the diffusion pixel decoder (LaVIT)",
+    "num_inference_steps": "denoising steps of the diffusion pixel decoder (LaVIT)",
+    "ratio": "output aspect ratio of the pixel decoder (LaVIT renders 1:1 only)",
+}
+# The official inference script's settings (pigeon.inference): the paper profile's defaults.
+SAMPLING = tuple(
+    Option(name, type(getattr(PAPER_SETTINGS, name)), text,
+           ByProfile(paper=getattr(PAPER_SETTINGS, name), tiny=getattr(TINY_SETTINGS, name)))
+    for name, text in _SETTINGS_HELP.items())
 
 
 class _BackboneGenerator(Generator):
     """Shared plumbing: the backbone, request tokenization."""
 
     group = "LMM-based"
+    default_dtype = ByProfile(paper=torch.bfloat16, tiny=torch.float32)  # the official script: LaVIT in bf16
     options = (
         Option("backbone", str, "the LMM backbone (lavit, or the tiny backbone)",
                ByProfile(paper=LAVIT, tiny=TinyBackbone.name)),
@@ -52,6 +71,7 @@ class _BackboneGenerator(Generator):
         super().__init__(ctx)
         self.bb = None
         self.info: dict[str, Any] = {}
+        self._texts: dict[str, dict[str, str]] | None = None
 
     def training_data(self) -> Dataset | None:
         """Option ``data_dir``, else the run's dataset (a tiny backbone pretrains there in any profile)."""
@@ -68,12 +88,41 @@ class _BackboneGenerator(Generator):
             opts: dict[str, Any] = {"data": self.training_data()}
             if self.opt("backbone_path"):
                 opts["path"] = self.opt("backbone_path")
+            if not self.profile.seeded_models:  # the tiny models have no diffusion decoder or 8-bit LLM
+                opts |= self.inference_settings().backbone_options(self.opt("backbone"))
             with self.threads():
                 self.bb = build_backbone(self.opt("backbone"), device=self.device, dtype=self.dtype, **opts)
         return self.bb
 
     def threads(self):
         return self.profile.compute_threads(self.device)
+
+    def inference_settings(self) -> InferenceSettings:
+        """The official inference settings with this method's options, as this machine can run them (what
+        it cannot, e.g. an 8-bit LLM without a GPU, is noted in the manifest)."""
+        base = PAPER_SETTINGS if not self.profile.seeded_models else TINY_SETTINGS
+        given = {o.name: self.opt(o.name) for o in self.options if o.name in _SETTINGS_HELP}
+        settings, notes = resolve(InferenceSettings.from_dict(given, base), self.device)
+        if notes:
+            self.info["notes"] = notes
+        return settings
+
+    def scenario(self) -> dict[str, Any]:
+        """The prompt template of the run's scenario (the official prompts differ per scenario)."""
+        from pigeon.prompt import TEMPLATES
+
+        name = self.ctx.dataset.scenario if self.ctx.dataset is not None else None
+        return {"scenario": name} if name in TEMPLATES else {}
+
+    def template_fields(self, request: GenerationRequest) -> dict[str, Any]:
+        """The official prompt's per-sample texts (the reference's emotion or title, the history titles)."""
+        if self.ctx.dataset is None:
+            return {}
+        from pigeon.train import item_texts, template_fields
+
+        if self._texts is None:
+            self._texts = item_texts(self.ctx.dataset)
+        return template_fields(self._texts, request.sample.history, request.sample.reference_id)
 
     def _examples(self, requests: list[GenerationRequest]):
         """One tokenized Example per request; requests sharing their image objects (a sample's α_r
@@ -90,7 +139,7 @@ class _BackboneGenerator(Generator):
             if key not in examples:
                 examples[key] = Example(history=[codes[id(im)] for im in r.history_images],
                                         reference=codes[id(r.reference_image)], caption=r.reference_text,
-                                        meta={"sample_id": r.sample.sample_id})
+                                        meta={"sample_id": r.sample.sample_id}, **self.template_fields(r))
             out.append(examples[key])
         return out
 
@@ -124,13 +173,12 @@ class _TunedGenerator(_BackboneGenerator):
         """A checkpoint records its backbone: the tiny backbone implies the tiny profile, LaVIT the paper."""
         if not options.get("checkpoint") or options.get("backbone"):
             return None
-        from pigeon.model import read_checkpoint_meta
+        from pigeon.checkpoint import checkpoint_info
 
-        backbone = read_checkpoint_meta(options["checkpoint"]).get("backbone", {}).get("backbone")
-        return {TinyBackbone.name: TINY.name, LAVIT: PAPER.name}.get(backbone)
+        return checkpoint_info(options["checkpoint"])["profile_hint"]
 
     def config_overrides(self) -> dict[str, Any]:
-        return dict(self.base_config)
+        return dict(self.base_config) | self.scenario()
 
     def prepare(self, samples: Sequence[Sample] = ()) -> None:
         """The backbone, then the checkpoint: option ``checkpoint``, else one trained once on train."""
@@ -165,7 +213,7 @@ class _TunedGenerator(_BackboneGenerator):
             alphas = [self.alpha_for(r) for r in requests]
             seeds = [r.seed for r in requests]
             codes = self.model.generate(examples, alphas, seeds, alpha_h=self.alpha_h(),
-                                        temperature=self.opt("temperature"), top_k=self.opt("top_k"))
+                                        settings=self.inference_settings())
             images = self.model.backbone.render(codes, seeds)
         return [GenerationResult(im, {"alpha_r": a, "n_tokens": int(c.numel())})
                 for im, a, c in zip(images, alphas, codes, strict=True)]
@@ -200,7 +248,7 @@ class PigeonGenerator(_TunedGenerator):
     )
 
     def config_overrides(self) -> dict[str, Any]:
-        return {k: self.opt(k) for k in ABLATIONS if self.opt(k) is not None}
+        return {k: self.opt(k) for k in ABLATIONS if self.opt(k) is not None} | self.scenario()
 
     def alpha_for(self, request: GenerationRequest) -> float:
         return DEFAULT_ALPHA_R if request.alpha_r is None else float(request.alpha_r)
@@ -235,14 +283,15 @@ class LaVITPretrained(_BackboneGenerator):
         if self.model is None:
             from pigeon.model import PigeonConfig, PigeonModel
 
-            self.model = PigeonModel(self.backbone(), PigeonConfig(**LAVIT_BASELINE)).eval().merge_lora()
+            config = PigeonConfig(**LAVIT_BASELINE, **self.scenario())
+            self.model = PigeonModel(self.backbone(), config).eval().merge_lora()
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         self.load()
         with self.threads():
             seeds = [r.seed for r in requests]
             codes = self.model.generate(self._examples(requests), [0.0] * len(requests), seeds,
-                                        temperature=self.opt("temperature"), top_k=self.opt("top_k"))
+                                        settings=self.inference_settings())
             return [GenerationResult(im) for im in self.model.backbone.render(codes, seeds)]
 
 

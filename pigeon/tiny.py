@@ -348,7 +348,10 @@ def tiny_backbone_for_dataset(data_dir: str | Path, seed: int = 0) -> Path:
 
     def build(out: Path) -> None:
         paths, captions, texts = train_corpus(data_dir)
-        pretrain([fileio.load_rgb(p) for p in paths], captions, texts, seed=seed).save(out)
+        from pigeon.prompt import template_texts
+
+        images = [fileio.load_rgb(p) for p in paths]
+        pretrain(images, captions, [*texts, *template_texts()], seed=seed).save(out)
 
     return artifacts.ensure("pigeon/tiny-backbone", f"{dataset_key(data_dir)}-s{seed}", build,
                             what=f"pretraining the tiny backbone on the train images of {data_dir}")

@@ -1,8 +1,9 @@
 """Two-stage preference alignment (§2.2.4): stage 1 SFT (masked preference reconstruction) and stage 2 DPO.
 
-Both stages write a checkpoint folder (pigeon.safetensors + pigeon.json) every ``save_every`` steps together
-with the optimizer state (train_state.safetensors); a killed run resumes from the last saved step.
-DPO also writes its preference pairs to CKPT/preferences.parquet.
+Both stages write a checkpoint folder in the authors' released layout (mask_generator/, adapter/, llama/, plus
+our pigeon.json; pigeon/checkpoint.py) every ``save_every`` steps together with the optimizer state
+(train_state.safetensors); a killed run resumes from the last saved step. DPO also writes its preference
+pairs to CKPT/preferences.parquet.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from pigeon.backbone import Backbone, build_backbone
-from pigeon.model import (
-    WEIGHTS,
-    Example,
-    PigeonConfig,
-    PigeonModel,
-    load_checkpoint,
-    read_checkpoint_meta,
-    save_checkpoint,
-    swapped_lora,
-)
+from pigeon.checkpoint import checkpoint_dir, load_states, read_meta, write_checkpoint
+from pigeon.model import Example, PigeonConfig, PigeonModel, load_checkpoint, swapped_lora
+from pigeon.prompt import TEMPLATES, short_title
 from pigeon_bench import fileio
 from pigeon_bench.data import Dataset, Sample
 from pigeon_bench.errors import UserError
@@ -67,12 +61,46 @@ def backbone_for(name: str, data: Path, device: str = "cpu", **options: Any) -> 
     return build_backbone(name, device=device, data=Dataset(data), **options)
 
 
+def item_texts(dataset: Dataset) -> dict[str, dict[str, str]]:
+    """Per item, the official templates' texts the items table has: "emotion" (stickers) and "title"
+    (movies, without its year), from the optional columns of those names."""
+    df = dataset.items_df
+    cols = [c for c in ("emotion", "title") if c in df.columns]
+    out: dict[str, dict[str, str]] = {}
+    for row in df[["item_id", *cols]].to_dict("records"):
+        texts = {c: str(row[c]) for c in cols if isinstance(row[c], str)}
+        if "title" in texts:
+            texts["title"] = short_title(texts["title"])
+        out[str(row["item_id"])] = texts
+    return out
+
+
+def template_fields(texts: dict[str, dict[str, str]], history: Sequence[str], reference_id: str
+                    ) -> dict[str, Any]:
+    """Example fields of the official templates (``emotion``, ``title``, ``history_titles``) from
+    ``item_texts``; None where the dataset lacks them."""
+    ref = texts.get(reference_id, {})
+    titles = [texts.get(h, {}).get("title") for h in history]
+    return {"emotion": ref.get("emotion"), "title": ref.get("title"),
+            "history_titles": titles if all(t is not None for t in titles) else None}
+
+
+def with_dataset_scenario(config: PigeonConfig, data: Path) -> PigeonConfig:
+    """``config`` with the prompt scenario of the dataset (its stats.json "scenario"), when it has one."""
+    scenario = Dataset(data).stats.get("scenario")
+    if scenario in TEMPLATES and scenario != config.scenario:
+        log.info("prompt scenario %s (the dataset's)", scenario)
+        return replace(config, scenario=scenario)
+    return config
+
+
 class TokenCache:
     """Visual codes of dataset items, each image through the visual tokenizer once (batched)."""
 
     def __init__(self, backbone: Backbone, dataset: Dataset, batch_size: int = 32):
         self.backbone, self.dataset, self.batch_size = backbone, dataset, batch_size
         self.codes: dict[str, torch.Tensor] = {}
+        self.texts = item_texts(dataset)
 
     def ensure(self, item_ids: Sequence[str]) -> None:
         todo = sorted(set(item_ids) - set(self.codes))
@@ -87,7 +115,8 @@ class TokenCache:
         self.ensure([*sample.history, sample.target_id, ref])
         return Example(history=[self.codes[h] for h in sample.history], reference=self.codes[ref],
                        caption=self.dataset.item(ref).semantics, target=self.codes[sample.target_id],
-                       meta={"sample_id": sample.sample_id})
+                       meta={"sample_id": sample.sample_id},
+                       **template_fields(self.texts, sample.history, ref))
 
 
 def train_examples(backbone: Backbone, data: Path) -> list[Example]:
@@ -111,7 +140,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 # ---------------------------------------------------------------------------------------------- loops
 def _save(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], out: Path,
           meta: dict[str, Any]) -> None:
-    """Checkpoint + optimizer state (exp_avg/exp_avg_sq/step per trainable parameter) for resuming."""
+    """Optimizer state (exp_avg/exp_avg_sq/step per trainable parameter, for resuming), then the
+    checkpoint, its pigeon.json last."""
     from safetensors.torch import save_file
 
     state: dict[str, torch.Tensor] = {}
@@ -120,7 +150,7 @@ def _save(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.nn.
             state[f"{i}.{k}"] = v.detach().reshape(-1).contiguous().cpu() if k == "step" else v.detach().cpu()
     with fileio.atomic_path(out / STATE) as tmp:
         save_file(state or {"empty": torch.zeros(1)}, str(tmp))
-    save_checkpoint(model, out, meta)
+    write_checkpoint(model, out, meta)
 
 
 def _resume(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], out: Path,
@@ -128,18 +158,18 @@ def _resume(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.n
     """Load the last saved step of ``out`` if it was made with the same ``identity``; (step, log)."""
     from safetensors.torch import load_file
 
-    from pigeon.model import load_trainable
-
-    if not (out / WEIGHTS).is_file():
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} exists and is not a Pigeon checkpoint; choose another --out")
+    meta = read_meta(out) if out.is_dir() else {}
+    if not meta:
+        if out.exists() and any(p.name not in (STATE, PREFERENCES) for p in out.iterdir()):
+            raise UserError(f"{out} exists and is not a pigeon-bench training checkpoint; "
+                            "choose another --out")
         return 0, []
-    meta = read_checkpoint_meta(out)
+    checkpoint_dir(out)
     for key, want in identity.items():
         if meta.get(key) != want:
             raise UserError(f"{out} was trained with {key}={meta.get(key)!r}, not {want!r}; "
                             "use another --out or delete it")
-    load_trainable(model, load_file(str(out / WEIGHTS)), out)
+    load_states(model, out)
     if (out / STATE).is_file():
         saved = load_file(str(out / STATE))
         for i, p in enumerate(params):
@@ -165,9 +195,18 @@ def _step_rng(seed: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + step)
 
 
+def _alpha_r(rng: random.Random, n: int, config: PigeonConfig) -> list[float]:
+    """The step's reference mask ratios: one U(0, 1) draw for the whole batch (official), or one per example
+    (paper)."""
+    if config.mask_rules == "official":
+        return [rng.random()] * n
+    return [rng.random() for _ in range(n)]
+
+
 def train_sft(spec: TrainSpec, backbone: Backbone | None = None) -> dict[str, Any]:
     """Stage 1 (Eq. 8): target = last interaction, reference = the target under the training mask with
-    α_r ~ U(0, 1) per example; returns the final checkpoint meta (with the loss log)."""
+    α_r ~ U(0, 1) (one draw per step under the official rules, one per example under the paper's); the
+    prompt scenario is the dataset's. Returns the final checkpoint meta (with the loss log)."""
     with _threads(spec):
         return _train_sft(spec, backbone)
 
@@ -175,14 +214,15 @@ def train_sft(spec: TrainSpec, backbone: Backbone | None = None) -> dict[str, An
 def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
     out = Path(spec.out)
     bb = backbone or backbone_for(spec.backbone, spec.data, spec.device, **spec.backbone_options)
+    config = with_dataset_scenario(spec.config, spec.data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)  # initial mask generator, adapter and LoRA: from the seed only
-        model = PigeonModel(bb, spec.config)
+        model = PigeonModel(bb, config)
     params = model.set_trainable(spec.trainable)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     from pigeon.tiny import dataset_key
 
-    identity = {"stage": "sft", "data_key": dataset_key(spec.data), "config": asdict(spec.config),
+    identity = {"stage": "sft", "data_key": dataset_key(spec.data), "config": config.to_dict(),
                 "batch_size": spec.batch_size, "lr": spec.lr, "seed": spec.seed, "trainable": spec.trainable}
     start_step, history = _resume(model, opt, params, out, identity)
     examples = train_examples(bb, spec.data)
@@ -194,8 +234,7 @@ def _train_sft(spec: TrainSpec, backbone: Backbone | None) -> dict[str, Any]:
         for step in range(start_step, spec.steps):
             rng = _step_rng(spec.seed, step)
             batch = [examples[rng.randrange(len(examples))] for _ in range(spec.batch_size)]
-            alpha = [rng.random() for _ in batch]
-            loss = model.sft_loss(batch, alpha)
+            loss = model.sft_loss(batch, _alpha_r(rng, len(batch), config))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -274,16 +313,15 @@ def _train_dpo(spec: DPOSpec, backbone: Backbone | None, reward: RewardFn | None
     if spec.init is None:
         raise UserError("train dpo needs --init, the stage-1 (SFT) checkpoint")
     out = Path(spec.out)
-    init_meta = read_checkpoint_meta(spec.init)
     bb = backbone or backbone_for(spec.backbone, spec.data, spec.device, **spec.backbone_options)
-    config = PigeonConfig.from_dict(init_meta["config"])
     model = load_checkpoint(spec.init, bb)
+    config = model.config
     reference = {k: v.detach().clone() for k, v in model.lora_parameters().items()}
     params = model.set_trainable("dpo")
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     from pigeon.tiny import dataset_key
 
-    identity = {"stage": "dpo", "data_key": dataset_key(spec.data), "config": asdict(config),
+    identity = {"stage": "dpo", "data_key": dataset_key(spec.data), "config": config.to_dict(),
                 "batch_size": spec.batch_size, "lr": spec.lr, "seed": spec.seed, "beta": spec.beta,
                 "init": str(Path(spec.init).resolve())}
     start_step, history = _resume(model, opt, params, out, identity)
@@ -297,9 +335,8 @@ def _train_dpo(spec: DPOSpec, backbone: Backbone | None, reward: RewardFn | None
             rng = _step_rng(spec.seed, step)
             rows = [pairs[rng.randrange(len(pairs))] for _ in range(spec.batch_size)]
             batch = [by_id[r["sample_id"]] for r in rows]
-            alpha = [rng.random() for _ in rows]  # α_r ~ U(0, 1) in the prompt (Eq. 10)
-            with torch.no_grad():
-                prompts = model.prompt_embeds(batch, alpha, training=True)
+            with torch.no_grad():  # α_r ~ U(0, 1) in the prompt (Eq. 10)
+                prompts = model.prompt_embeds(batch, _alpha_r(rng, len(rows), config), training=True)
             chosen = [torch.tensor(r["chosen"], dtype=torch.long) for r in rows]
             rejected = [torch.tensor(r["rejected"], dtype=torch.long) for r in rows]
             with torch.no_grad(), swapped_lora(model, reference):  # before the policy pass builds its graph

@@ -141,6 +141,7 @@ class Generator(ABC):
     label: ClassVar[str] = ""  # display name in reports, e.g. "LLaVA*"; defaults to name
     supports_alpha_r: ClassVar[bool] = False
     options: ClassVar[tuple[Option, ...]] = ()
+    default_dtype: ClassVar[ByProfile | None] = None  # dtype when none is given (None: float32)
 
     def __init__(self, ctx: MethodContext):
         self.ctx = ctx
@@ -221,6 +222,10 @@ def check_alpha_r(alpha_r: float | None) -> None:
         raise UserError(f"alpha_r must lie in [0, 1], got {alpha_r}")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -256,12 +261,12 @@ def parse_options(cls: type[Generator], options: dict[str, Any] | None) -> dict[
 
 
 def create_generator(name: str, profile: str | Profile | None = None, device: str | torch.device = "cpu",
-                     dtype: str | torch.dtype = "float32", options: dict[str, Any] | None = None,
+                     dtype: str | torch.dtype | None = None, options: dict[str, Any] | None = None,
                      dataset: Dataset | str | Path | None = None) -> Generator:
     """Instantiate a registered method; unknown names, dtypes, devices and options are one-line UserErrors.
 
     ``profile`` None means the one the options imply (e.g. a checkpoint's), else the default; a given
-    profile that contradicts the options is refused.
+    profile that contradicts the options is refused. ``dtype`` None means the method's default.
     """
     cls = generators.get(name)
     parsed = parse_options(cls, options)
@@ -275,6 +280,8 @@ def create_generator(name: str, profile: str | Profile | None = None, device: st
                             f"{implied}-profile checkpoint), but --profile {chosen.name} was given")
     if isinstance(dataset, str | Path):
         dataset = Dataset(dataset)
+    if dtype is None:
+        dtype = cls.default_dtype.get(chosen) if cls.default_dtype else torch.float32
     ctx = MethodContext(profile=chosen, device=parse_device(device), dtype=parse_dtype(dtype), options=parsed,
                         dataset=dataset)
     return cls(ctx)

@@ -1,13 +1,14 @@
-"""Pigeon's modules on a tiny random backbone: keep counts, dual-phase masks, gradients, prompt layout."""
+"""Pigeon's modules on a tiny random backbone: keep counts, dual-phase masks, gradients, prompt layout
+(tests/test_pigeon_official.py pins the rules that follow the authors' code)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pigeon.mask import keep_count, masks_high_scores, topk_keep
+from pigeon.mask import keep_count, keep_logits, masks_high_scores, topk_keep
 from pigeon.model import Example, PigeonConfig, PigeonModel
-from pigeon.prompt import INSTRUCTION, prompt_layout
+from pigeon.prompt import INSTRUCTION, TEMPLATES, prompt_layout
 from pigeon.tiny import TinyBackbone, TinyConfig
 
 SMALL = TinyConfig(image_size=32, grid=4, codebook_size=32, code_dim=16, feature_dim=16, hidden_size=32,
@@ -36,20 +37,23 @@ def examples(n: int = 2, seed: int = 0) -> list[Example]:
                     target=codes()) for _ in range(n)]
 
 
+@pytest.mark.parametrize("rules", ["official", "paper"])
 @pytest.mark.parametrize(("n", "ratio", "want"), [
     (64, 0.2, 51), (64, 0.0, 64), (64, 1.0, 1), (10, 0.5, 5), (3, 0.9, 1), (256, 0.3, 179), (7, 0.7, 2),
 ])
-def test_keep_count(n: int, ratio: float, want: int) -> None:
-    assert keep_count(n, ratio) == want
+def test_keep_count(n: int, ratio: float, want: int, rules: str) -> None:
+    assert keep_count(n, ratio, rules) == want  # cases where both rules agree
 
 
-def test_topk_keep_values_and_direction() -> None:
+@pytest.mark.parametrize("rules", ["official", "paper"])
+def test_topk_keep_values_and_direction(rules: str) -> None:
     s = torch.tensor([0.9, -0.5, 0.1, 0.7, -0.2])
-    hi = topk_keep(s, 0.6, keep_high=True)
-    lo = topk_keep(s, 0.6, keep_high=False)
+    hi = topk_keep(keep_logits(s, drop_high=False, rules=rules), 2)
+    lo = topk_keep(keep_logits(s, drop_high=True, rules=rules), 2)
     assert hi.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]  # keep 2 of 5: the highest scores
     assert lo.tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]  # the lowest
-    assert topk_keep(s, 0.6, gumbel=True).sum().item() == pytest.approx(2.0)
+    noisy = topk_keep(keep_logits(s, False, rules), 2, noise=torch.randn(5), straight_through=True)
+    assert noisy.sum().item() == pytest.approx(2.0) and noisy.requires_grad is False  # s needs no grad
 
 
 def test_dual_phase_direction() -> None:
@@ -60,30 +64,38 @@ def test_dual_phase_direction() -> None:
         masks_high_scores("sideways", True)
 
 
-def test_reference_mask_keeps_high_scores_at_inference_and_drops_them_in_training() -> None:
+@pytest.mark.parametrize("rules", ["official", "paper"])
+def test_reference_mask_keeps_high_scores_at_inference_and_drops_them_in_training(rules: str) -> None:
     torch.manual_seed(0)
-    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, gumbel=False)).eval()
+    cfg = PigeonConfig(adapter_hidden=16, gumbel=False, mask_rules=rules)
+    model = PigeonModel(small_backbone(), cfg).eval()
     exs = examples(1)
     bb = model.backbone
     with torch.no_grad():
-        scores = model.mask_generator.scores([[bb.embed_visual(c) for c in exs[0].history]],
-                                             [bb.embed_visual(exs[0].reference)])[0][-1]
+        entries = model._reference_entries(exs[0].reference)  # official: boi, 16 codes, eoi
+        scores = model.mask_generator.scores([[bb.embed_visual(c) for c in exs[0].history]], [entries])[0][-1]
         _, inf = model.masks(exs, [0.75], training=False)
         _, tr = model.masks(exs, [0.75], training=True)
-    order = scores.argsort(descending=True)
-    assert int(inf[0].sum()) == int(tr[0].sum()) == keep_count(16, 0.75) == 4
-    assert set(inf[0].nonzero().flatten().tolist()) == set(order[:4].tolist())
-    assert set(tr[0].nonzero().flatten().tolist()) == set(order[-4:].tolist())  # training drops high scores
+    n = scores.numel()
+    assert n == (18 if rules == "official" else 16)
+    k = keep_count(n, 0.75, rules)
+    assert k == 4  # int(18 * 0.25) = 4; floor(16 * 0.25) = 4
+    order = scores.argsort(descending=True).tolist()
+    codes = (lambda idx: {i - 1 for i in idx if 0 < i < 17}) if rules == "official" else set
+    assert set(inf[0].nonzero().flatten().tolist()) == codes(order[:k])
+    assert set(tr[0].nonzero().flatten().tolist()) == codes(order[-k:])  # training drops high scores
+    assert inf[0].shape == tr[0].shape == (16,)
 
 
 def test_history_mask_keeps_top_share_per_image_and_gradients_reach_the_generator() -> None:
+    """The paper's rules: a top-k per history image, straight-through masks (Gumbel-softmax, §2.2.1)."""
     torch.manual_seed(0)
-    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, alpha_h=0.25))
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, alpha_h=0.25, mask_rules="paper"))
     params = model.set_trainable("sft")
     model.train()
     exs = examples(2)
     h, _ = model.masks(exs, [0.5, 0.5], training=True)
-    assert all(int(m.detach().round().sum()) == keep_count(16, 0.25) == 12 for per in h for m in per)
+    assert all(int(m.detach().round().sum()) == keep_count(16, 0.25, "paper") == 12 for per in h for m in per)
     loss = model.sft_loss(exs, [0.3, 0.8])
     loss.backward()
     gen_grad = sum(p.grad.abs().sum() for p in model.mask_generator.parameters() if p.grad is not None)
@@ -93,16 +105,33 @@ def test_history_mask_keeps_top_share_per_image_and_gradients_reach_the_generato
     assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if "lora_" not in n)
 
 
+def test_official_masks_are_hard_and_joint() -> None:
+    """The official rules: one top-k over the 5 x 16 history tokens together, and no gradient through the
+    masks, so the loss does not reach the mask generator (the authors' code uses the masks as indices)."""
+    torch.manual_seed(0)
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, alpha_h=0.25))
+    model.set_trainable("sft")
+    model.train()
+    exs = examples(2)
+    h, _ = model.masks(exs, [0.5, 0.5], training=True)
+    assert all(int(sum(m.sum() for m in per)) == keep_count(80, 0.25) == 60 for per in h)
+    assert not any(m.requires_grad for per in h for m in per)
+    model.sft_loss(exs, [0.3, 0.8]).backward()
+    assert all(p.grad is None for p in model.mask_generator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
+
+
 def test_no_history_mask_cuts_the_generator_out_of_the_loss() -> None:
     torch.manual_seed(0)
-    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, history_mask=False))
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, history_mask=False,
+                                                       mask_rules="paper"))
     model.set_trainable("sft")
     model.sft_loss(examples(2), [0.5, 0.5]).backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.mask_generator.parameters())
 
 
 def test_prompt_layout() -> None:
-    full = prompt_layout(5)
+    full = prompt_layout(5, prompt="paper")
     assert full[0] == ("special", "bos") and full[1] == ("text", INSTRUCTION)
     assert full[-1] == ("special", "boi")
     embeds = [v for k, v in full if k == "embeds"]
@@ -110,25 +139,32 @@ def test_prompt_layout() -> None:
     for i in range(5):  # each history image is wrapped in boi ... eoi
         j = full.index(("embeds", f"h{i}"))
         assert full[j - 1] == ("special", "boi") and full[j + 1] == ("special", "eoi")
-    assert [v for k, v in prompt_layout(5, textual_tokens=False) if k == "embeds"][-1:] == ["r_v"]
-    assert "r_v" not in [v for _, v in prompt_layout(5, visual_feature=False)]
-    raw = [v for k, v in prompt_layout(5, encoding=False) if k == "embeds"]
+    no_rt = prompt_layout(5, textual_tokens=False, prompt="paper")
+    assert [v for k, v in no_rt if k == "embeds"][-1:] == ["r_v"]
+    assert "r_v" not in [v for _, v in prompt_layout(5, visual_feature=False, prompt="paper")]
+    raw = [v for k, v in prompt_layout(5, encoding=False, prompt="paper") if k == "embeds"]
     assert raw[-1] == "ref" and "r_t" not in raw and "r_v" not in raw
     assert INSTRUCTION.startswith("Instruction: You are a helpful personalized assistant.")
     assert INSTRUCTION.endswith("the semantics in a specified reference image.")
 
 
-def test_prompt_embeddings_follow_the_layout() -> None:
-    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16)).eval()
+@pytest.mark.parametrize("prompt", ["official", "paper"])
+def test_prompt_embeddings_follow_the_layout(prompt: str) -> None:
+    model = PigeonModel(small_backbone(), PigeonConfig(adapter_hidden=16, prompt=prompt)).eval()
     exs = examples(1)
     with torch.no_grad():
         p = model.prompt_embeds(exs, [0.5], training=False)[0]
     bb = model.backbone
-    n_text = sum(len(bb.tokenize_text([v])[0]) for k, v in prompt_layout(5) if k == "text")
-    n_special = sum(1 for k, _ in prompt_layout(5) if k == "special")
-    n_rt = len(bb.tokenize_text(["a red circle"])[0])
+    layout = prompt_layout(5, prompt=prompt)
+    n_text = sum(len(bb.tokenize_text([v])[0]) for k, v in layout if k == "text")
+    n_special = sum(1 for k, _ in layout if k == "special")
+    r_t = model.reference_texts(exs)[0]
+    assert r_t == ("a red circle" if prompt == "paper" else "The target sticker info: a red circle")
+    n_rt = len(bb.tokenize_text([r_t])[0])
     assert p.shape == (n_text + n_special + 5 * 16 + n_rt + 1, SMALL.hidden_size)
-    assert torch.equal(p[0], bb.embed_tokens(torch.tensor(bb.special_ids["bos"])))
+    first = bb.tokenize_text([TEMPLATES["sticker"].preamble])[0][0] if prompt == "official" else None
+    want0 = bb.embed_tokens(torch.tensor(bb.special_ids["bos"]) if first is None else first)
+    assert torch.equal(p[0], want0)  # the official prompt has no BOS
     assert torch.equal(p[-1], bb.embed_tokens(torch.tensor(bb.special_ids["boi"])))
 
 

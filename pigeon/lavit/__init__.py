@@ -2,7 +2,8 @@
 
 Options of the "lavit" backbone: ``path`` (a LaVIT-7B-v2 folder or hub id, default rain1011/LaVIT-7B-v2;
 "tiny" builds/loads the tiny random LaVIT-layout folder in the pigeon-bench cache) and any ``LaVITConfig``
-field as an override (e.g. ``output_size=512``, ``num_inference_steps=25``).
+field as an override (e.g. ``output_size=512``, ``num_inference_steps=25``); ``load_in_8bit`` loads the LLM in
+8-bit (bitsandbytes on a CUDA device only; pigeon.inference.InferenceSettings.backbone_options sets it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pigeon.backbone import backbones
+from pigeon.backbone import LAVIT, backbones
 from pigeon.lavit.backbone import LaVITBackbone
 from pigeon.lavit.config import REPO_ID, TINY, LaVITConfig
 from pigeon.lavit.tiny_folder import ensure_tiny_lavit_folder, write_tiny_lavit_folder
@@ -21,9 +22,15 @@ __all__ = ["REPO_ID", "TINY", "LaVITBackbone", "LaVITConfig", "ensure_tiny_lavit
            "write_tiny_lavit_folder"]
 
 
-@backbones.register("lavit")
+TINY_PATH = "tiny"  # ``path`` value that means the tiny random LaVIT-layout folder
+
+
+@backbones.register(LAVIT)
 def build_lavit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-                path: str | Path = REPO_ID, data: object = None, **overrides: Any) -> LaVITBackbone:
-    """The "lavit" backbone factory (``data``, the dataset a tiny backbone pretrains on, is not used)."""
-    folder = ensure_tiny_lavit_folder() if str(path) == "tiny" else path
-    return LaVITBackbone.from_pretrained(folder, dtype=dtype, device=device, **overrides)
+                path: str | Path = REPO_ID, load_in_8bit: bool = False, data: object = None,
+                **overrides: Any) -> LaVITBackbone:
+    """The "lavit" backbone factory (``load_in_8bit``: the LLM in 8-bit, CUDA + bitsandbytes only; ``data``,
+    the dataset a tiny backbone pretrains on, is not used)."""
+    folder = ensure_tiny_lavit_folder() if str(path) == TINY_PATH else path
+    return LaVITBackbone.from_pretrained(folder, dtype=dtype, device=device, load_in_8bit=load_in_8bit,
+                                         **overrides)

@@ -54,6 +54,17 @@ def resolve_folder(path_or_id: str | Path) -> Path:
                         f"{REPO_ID} (~26 GB) and pass its folder") from None
 
 
+def _eight_bit(device: str | torch.device) -> dict[str, Any]:
+    """from_pretrained options that load a model in 8-bit on ``device``; UserError where it cannot be."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None or torch.device(device).type != "cuda":
+        raise UserError("an 8-bit LLM needs bitsandbytes and a CUDA device (see pigeon.inference.resolve)")
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": {"": str(device)}}
+
+
 class LaVITBackbone(Backbone):
     """LaVIT-7B-v2: EVA ViT-g + dynamic visual tokenizer, Llama-2-7B with 16384 visual tokens appended
     (LM ids 32002..48385, <img> = 32000, </img> = 32001), high-res tokenizer decoder and SDXL-size UNet."""
@@ -88,8 +99,13 @@ class LaVITBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path = REPO_ID, dtype: torch.dtype = torch.bfloat16,
-                        device: str | torch.device = "cpu", **config_overrides: Any) -> LaVITBackbone:
-        """Load a LaVIT-7B-v2 folder (or hub id); ``config_overrides`` e.g. output_size=512 (faster)."""
+                        device: str | torch.device = "cpu", load_in_8bit: bool = False,
+                        **config_overrides: Any) -> LaVITBackbone:
+        """Load a LaVIT-7B-v2 folder (or hub id); ``config_overrides`` e.g. output_size=512 (faster).
+
+        ``load_in_8bit``: the LLM in 8-bit (bitsandbytes, CUDA only), the rest in ``dtype``.
+        """
+        quantization = _eight_bit(device) if load_in_8bit else {}
         root = resolve_folder(path_or_id)
         require_complete(root)
         config = LaVITConfig.for_folder(root, **config_overrides)
@@ -114,7 +130,7 @@ class LaVITBackbone(Backbone):
         lm_dir = root / LM_DIR
         try:
             text_tokenizer = LlamaTokenizer.from_pretrained(lm_dir)
-            language_model = LlamaForCausalLM.from_pretrained(lm_dir, dtype=dtype)
+            language_model = LlamaForCausalLM.from_pretrained(lm_dir, dtype=dtype, **quantization)
         except (OSError, ValueError, ImportError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise UserError(f"{lm_dir}: cannot load the LaVIT language model ({reason})") from None

@@ -24,7 +24,9 @@ def generate(
     profile: Annotated[str | None, typer.Option(
         help=PROFILE_HELP + ". Default: the one the options imply (a checkpoint's), else paper.")] = None,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[str | None, typer.Option(
+        help="float32, bfloat16 or float16; default: the method's (Pigeon's LaVIT in the paper profile: "
+             "bfloat16, as the official script; else float32).")] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per generator call.")] = 4,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help=_OPTION_HELP)] = None,
 ) -> None:
@@ -58,7 +60,8 @@ def run(
                    ] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed (default 0).")] = None,
     device: Annotated[str | None, typer.Option(help="torch device for generation and scoring.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (generation).")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="float32, bfloat16 or float16 (generation); default: each method's.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Requests per generator call (default 4).")] = None,
     valid: Annotated[bool | None, typer.Option(
         help="For alpha_r methods, also sweep the valid split and pick one fixed alpha_r there.")] = None,

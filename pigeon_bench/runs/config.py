@@ -57,7 +57,7 @@ class Experiment:
     models: dict[str, str] = field(default_factory=dict)  # option name -> model folder, for every method
     weights: dict[str, str] = field(default_factory=dict)  # scoring backbone id -> local weights
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str | None = None  # None: each method's default
     limit: int | None = None
     seed: int = 0
     batch_size: int = 4

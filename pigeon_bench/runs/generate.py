@@ -26,6 +26,7 @@ from pigeon_bench.generation import (
     check_alpha_r,
     create_generator,
     display_label,
+    dtype_name,
 )
 from pigeon_bench.profiles import Profile
 from pigeon_bench.progress import console
@@ -82,7 +83,7 @@ class GenerateSpec:
     seed: int = 0
     profile: str | Profile | None = None  # None: the one the options imply, else the default
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str | None = None  # None: the method's default
     batch_size: int = 4
     options: dict[str, Any] = field(default_factory=dict)
     experiment: dict[str, Any] | None = None  # the experiment config this run belongs to (recorded)
@@ -117,7 +118,8 @@ def generate(spec: GenerateSpec, out: str | Path, session: MethodSession | None 
         "method": spec.method, "label": display_label(cls), "group": cls.group,
         "scenario": dataset.scenario, "data": str(dataset.root.resolve()), "dataset_digest": dataset.digest,
         "split": spec.split, "limit": spec.limit, "profile": gen.profile.name, "notice": gen.profile.notice,
-        "seed": spec.seed, "dtype": spec.dtype, "options": spec.options, "settings": gen.settings(),
+        "seed": spec.seed, "dtype": dtype_name(gen.dtype), "options": spec.options,
+        "settings": gen.settings(),
         "args": {"device": spec.device, "batch_size": spec.batch_size, "sweep": spec.sweep},
         **({"experiment": spec.experiment} if spec.experiment else {}),
     }

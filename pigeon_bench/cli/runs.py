@@ -37,10 +37,13 @@ def generate(
     spec = GenerateSpec(data=data, method=method, split=split, limit=limit, alpha_r=alpha_r, sweep=sweep,
                         seed=seed, profile=profile, device=device, dtype=dtype, batch_size=batch_size,
                         options=option_pairs(option or []))
+    from pigeon_bench import distributed
+
     manifest = generate(spec, out)
     c = manifest["counts"]
-    typer.echo(f"{out}: {c['generated']} generated, {c['skipped']} skipped (already on disk), "
-               f"{c['n']} in all")
+    if distributed.current().main:
+        typer.echo(f"{out}: {c['generated']} generated, {c['skipped']} skipped (already on disk), "
+                   f"{c['n']} in all")
 
 
 def run(

@@ -1,0 +1,71 @@
+"""Sharded generation and `run` under torchrun (2 CPU ranks, gloo): the same images, scores and report as one
+process; a rerun after a rank died generates only what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pigeon_train import backbone_dir, dataset, spec  # noqa: F401 - fixtures
+
+from pigeon.train import train_sft
+from pigeon_bench import fileio
+from pigeon_bench.distributed import Ranks
+from pigeon_bench.runs import Experiment, RunFolder, Sweep, run
+
+
+def test_shards_cover_every_item_once():
+    items = list(range(11))
+    shards = [Ranks(r, 3).shard(items) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == items and shards[1] == [1, 4, 7, 10]
+    assert Ranks().shard(items) == items and Ranks().main and not Ranks(1, 2).main
+    assert Ranks(1, 2, local_rank=1).device("cuda") == "cuda:1" and Ranks().device("cuda") == "cuda"
+
+
+def pigeon_bench(*args: str, ranks: int = 1, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                str(ranks)] if ranks > 1 else [sys.executable]
+    return subprocess.run([*launcher, "-m", "pigeon_bench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def images(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_images_scores_and_report_of_one(dataset, backbone_dir, tmp_path):  # noqa: F811
+    ckpt = tmp_path / "sft"
+    train_sft(spec(dataset, backbone_dir, ckpt))
+    opts = ["-o", f"pigeon.checkpoint={ckpt}", "-o", f"pigeon.backbone_path={backbone_dir}"]
+    common = ["run", "--scenario", "sticker", "--data", str(dataset), "--methods", "grd,pigeon", "--no-valid",
+              *opts]
+    two = pigeon_bench(*common, "--out", "two", ranks=2, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    options = {"pigeon": {"checkpoint": str(ckpt), "backbone_path": str(backbone_dir)}}
+    text, _ = run(Experiment("sticker", data=dataset, methods=["grd", "pigeon"], valid=False, options=options,
+                             out=tmp_path / "one"), log=lambda line: None)
+    assert two.stdout == text + "\n" and "Pigeon" in text  # the report, printed once by rank 0
+    a, b = tmp_path / "one" / "sticker", tmp_path / "two" / "sticker"
+    assert images(a) == images(b) and len(images(a)) == 3 + 3 * 11 + 3  # grd, the sweep, its selection
+    for scores in a.rglob("scores.parquet"):
+        assert scores.read_bytes() == (b / scores.relative_to(a)).read_bytes()
+
+    # A rank killed mid-sweep leaves some images and incomplete manifests; the same command generates only
+    # the missing images and gives the same folder.
+    sweep = Sweep(b / "pigeon")
+    lost = [sweep.point(a).image_path(sid) for a in (0.2, 0.7) for sid in ("u0-1", "u2-1")]
+    for path in lost:
+        path.unlink()
+    for folder in [sweep, *sweep.runs()]:
+        fileio.write_json(folder.manifest_path, {**folder.manifest(), "complete": False})
+    again = pigeon_bench("generate", "--data", str(dataset), "--method", "pigeon", "--sweep", "--out",
+                         str(sweep.path), "--profile", "tiny", *[o.removeprefix("pigeon.") for o in opts],
+                         ranks=2, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(lost)} generated, {33 - len(lost)} skipped" in again.stdout
+    assert images(b) == images(a) and all(RunFolder(r.path).manifest()["complete"] for r in sweep.runs())

@@ -19,6 +19,7 @@ from test_report_fixtures import (  # noqa: F401 - cli_fixture provides the cli 
     write_sweep,
 )
 
+from pigeon_bench.errors import UserError
 from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
 from pigeon_bench.reports import (
     TABLE1_COLUMNS,
@@ -27,6 +28,7 @@ from pigeon_bench.reports import (
     build_ablation,
     build_report,
     format_value,
+    load_run,
     marks,
     paper_table,
     plot_sweeps,
@@ -60,9 +62,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-def _md_rows(text: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| ") and "Method" not in line]
+def _md_rows(text: str, keep_n: bool = False) -> list[list[str]]:
+    """The table's body rows as cells; without the n column unless ``keep_n``."""
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("| ")]
+    at = lines[0].index("n")
+    return [r if keep_n else r[:at] + r[at + 1:] for r in lines if r[0] not in ("Group", "Variant")]
 
 
 @pytest.mark.parametrize("scenario", ["sticker", "movie"])
@@ -231,7 +236,9 @@ def test_ablation_table(world):
     rows = {r[0]: r for r in _md_rows(md)}
     assert set(rows) >= {"Pigeon", "w/o encoding", "w/o encoding (paper)", "Pigeon (paper)"}
     assert rows["Pigeon (paper)"][1:] == ["61.64", "0.6800", "25.74"]
-    assert "| Variant | Pers. CIS ↑ | Pers. LPIPS ↓ | Sem. CS ↑ |" in md and "Overall" not in md
+    assert "| Variant | n | Pers. CIS ↑ | Pers. LPIPS ↓ | Sem. CS ↑ |" in md and "Overall" not in md
+    n = {r[0]: r[1] for r in _md_rows(md, keep_n=True)}
+    assert n["Pigeon (paper)"] == "-" and n["Pigeon"] == str(load_run(world["pigeon"]).n)
     csv = pd.read_csv(pd.io.common.StringIO(build_ablation(named, fmt="csv", columns=("p_cis", "fid"))))
     assert list(csv.columns[:3]) == ["variant", "p_cis", "fid"] and len(csv) == 2
 
@@ -309,3 +316,17 @@ def test_the_paper_tables_and_templates_ship_inside_the_package():
     needed = {p.relative_to(package).as_posix() for folder in (PAPER_TABLES, "templates")
               for p in (package / folder).iterdir() if p.suffix in (".csv", ".j2")}
     assert needed and needed <= shipped
+
+
+def test_runs_of_different_sample_counts_are_refused_or_ranked_on_the_shared_samples(world, tmp_path):
+    full = base_scores(seed=1)
+    small = write_run(tmp_path / "pmg", base_scores(seed=2, shift=2).head(3), method="pmg", label="PMG",
+                      group="LLM-based", data=world["data"])
+    with pytest.raises(UserError, match=r"different numbers of samples \(n = 3: PMG; n = 12: TI\)"):
+        build_report([world["ti"], small])
+    md = build_report([world["ti"], small], common_samples=True, ci=False)
+    rows = {r[1]: r for r in _md_rows(md, keep_n=True)}
+    assert rows["TI"][2] == rows["PMG"][2] == "3"  # both on the 3 shared samples, n shown
+    cis = TABLE1_COLUMNS.index("p_cis") + 3
+    assert re.sub(r"\*\*|</?u>", "", rows["TI"][cis]) == format_value(full["p_cis"].head(3).mean(), 2)
+    assert rows["TI"][TABLE1_COLUMNS.index("fid") + 3] == "-"  # FID cannot be recomputed without features

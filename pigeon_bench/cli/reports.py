@@ -40,6 +40,8 @@ def report(
     metric: Annotated[list[str] | None, typer.Option(
         help="Ablation columns (repeatable); default Table 3's p_cis, p_lpips, a_cs.")] = None,
     cases: Annotated[int, typer.Option(help="HTML: how many cases to show with their images.")] = 8,
+    common_samples: Annotated[bool, typer.Option(
+        help="Rank runs of different sample counts on the samples they share (default: refuse).")] = False,
 ) -> None:
     """Table 1 (or an ablation table) from scored runs, optionally beside the paper's numbers."""
     from pigeon_bench import reports as rep
@@ -53,7 +55,8 @@ def report(
     else:
         if metric:
             raise UserError("--metric applies to --ablation tables only")
-        text = rep.build_report(runs or [], scenario=scenario, fmt=fmt, paper=paper, ci=ci, n_cases=cases)
+        text = rep.build_report(runs or [], scenario=scenario, fmt=fmt, paper=paper, ci=ci, n_cases=cases,
+                                common_samples=common_samples)
     _emit(text, out)
 
 

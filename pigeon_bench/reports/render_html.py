@@ -16,7 +16,7 @@ def _rows(t: Table, ci: bool) -> list[dict]:
         cells = [{"text": printed(r, m), "mark": marked.get((i, m)), "ci": ci_text(r, m) if ci else ""}
                  for m in t.columns]
         out.append({"group": r.group if r.group != previous_group else "", "label": r.label,
-                    "source": r.source, "cells": cells})
+                    "source": r.source, "n": r.n, "cells": cells})
         previous_group = r.group
     return out
 

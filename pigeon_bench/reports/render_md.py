@@ -17,9 +17,10 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
             out.append("")
         marked = t.marks()
         head = ["Group", "Method"] if t.show_group else ["Variant"]
-        head += [f"{table.get(m).label} {table.get(m).arrow}" for m in t.columns]
+        head += ["n"] + [f"{table.get(m).label} {table.get(m).arrow}" for m in t.columns]
         out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "|".join(["---"] * (len(head) - len(t.columns)) + ["--:"] * len(t.columns)) + "|")
+        n_text = len(head) - len(t.columns) - 1
+        out.append("|" + "|".join(["---"] * n_text + ["--:"] * (len(t.columns) + 1)) + "|")
         previous_group = None
         for i, r in enumerate(t.rows):
             cells = []
@@ -27,6 +28,7 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
                 cells.append(r.group if r.group != previous_group else "")
                 previous_group = r.group
             cells.append(r.label.replace("|", "\\|"))
+            cells.append(str(r.n) if r.n is not None else "-")
             for m in t.columns:
                 text = printed(r, m)
                 kind = marked.get((i, m))

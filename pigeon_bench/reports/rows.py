@@ -10,7 +10,7 @@ from pathlib import Path
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import table
 from pigeon_bench.runs.folder import RunFolder
-from pigeon_bench.schema import METRICS, read_summary, scored_run
+from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS, read_scores, read_summary, scored_run
 
 OURS, PAPER = "ours", "paper"  # where a row comes from
 
@@ -81,3 +81,28 @@ def load_run(path: str | Path | RunFolder) -> Row:
                hi={m: number(metrics[m].get("hi")) for m in METRICS}, n=int(n) if n is not None else None,
                notice=summary.get("notice"), selection=selection,
                alpha_r=number(alpha_r), run=run)
+
+
+def on_samples(row: Row, sample_ids: list[str]) -> Row:
+    """``row`` recomputed on ``sample_ids`` only (means and bootstrap CIs from its per-sample scores, with the
+    summary's bootstrap settings); FID, a set statistic, stays only when the row already holds exactly
+    those samples."""
+    import dataclasses
+
+    from pigeon_bench import stats
+
+    scores = read_scores(row.run).loc[sample_ids]
+    boot = read_summary(row.run).get("bootstrap") or {}
+    n_boot, seed = int(boot.get("n_boot", stats.DEFAULT_N_BOOT)), int(boot.get("seed", 0))
+    mean, lo, hi = dict(row.mean), dict(row.lo), dict(row.hi)
+    for m in PER_SAMPLE_METRICS:
+        values = scores[m].to_numpy(dtype=float)
+        mean[m] = float(values.mean())
+        lo[m], hi[m] = stats.bootstrap_ci(values, n_boot, seed)
+    for m in table.TABLE:
+        if m.inputs:
+            lo[m.name] = hi[m.name] = math.nan
+        elif m.kind == table.SET and row.n != len(sample_ids):
+            mean[m.name] = lo[m.name] = hi[m.name] = math.nan
+    return dataclasses.replace(row, mean=with_derived(mean), lo=lo, hi=hi, n=len(sample_ids))
+

@@ -14,8 +14,9 @@ from pigeon_bench.reports.render_csv import render_csv, table_frame
 from pigeon_bench.reports.render_html import render_html
 from pigeon_bench.reports.render_latex import render_latex
 from pigeon_bench.reports.render_md import render_markdown
-from pigeon_bench.reports.rows import OURS, PAPER, Row, load_run, number
+from pigeon_bench.reports.rows import OURS, PAPER, Row, load_run, number, on_samples
 from pigeon_bench.runs.folder import SUMMARY, RunFolder, report_runs
+from pigeon_bench.schema import read_scores
 
 FORMATS = ("md", "latex", "csv", "html")
 TABLE1_COLUMNS: tuple[str, ...] = table.NAMES  # the metric table is in Table 1's column order
@@ -85,9 +86,30 @@ def scored_runs(paths: Sequence[str | Path]) -> list[RunFolder]:
     return out
 
 
+def same_samples(rows: list[Row], common_samples: bool) -> list[Row]:
+    """Our rows of one table, on one sample set: refused when their sample counts differ, unless
+    ``common_samples`` (then each is recomputed on the samples all of them share)."""
+    counts = {r.n for r in rows}
+    if len(counts) <= 1:
+        return rows
+    if not common_samples:
+        detail = "; ".join(f"n = {n}: " + ", ".join(r.label for r in rows if r.n == n)
+                           for n in sorted(counts, key=lambda n: (n is None, n)))
+        raise UserError(f"the runs hold different numbers of samples ({detail}), so they cannot be ranked "
+                        "together: score them on the same samples, or pass --common-samples to rank them "
+                        "on the samples they share")
+    ids = set.intersection(*(set(read_scores(r.run).index) for r in rows))
+    if not ids:
+        raise UserError("the runs share no sample: nothing to rank on")
+    return [on_samples(r, sorted(ids)) for r in rows]
+
+
 def build_report(run_dirs: Sequence[str | Path], scenario: str | None = None, fmt: str = "md",
-                 paper: bool = False, *, ci: bool = True, n_cases: int = 8) -> str:
-    """Table 1 for the given runs (and/or the paper's numbers), one block per scenario, as ``fmt``."""
+                 paper: bool = False, *, ci: bool = True, n_cases: int = 8,
+                 common_samples: bool = False) -> str:
+    """Table 1 for the given runs (and/or the paper's numbers), one block per scenario, as ``fmt``.
+
+    Runs of one scenario must hold the same samples (``common_samples``: rank them on those they share)."""
     check_format(fmt)
     if not run_dirs and not paper:
         raise UserError("nothing to report: give at least one run folder, or --paper")
@@ -107,7 +129,8 @@ def build_report(run_dirs: Sequence[str | Path], scenario: str | None = None, fm
         raise UserError(f"the paper has no Table 1 rows for scenario {scenario!r}")
     tables = []
     for sc in scenarios:
-        rows = arrange([r for r in ours if r.scenario == sc], [r for r in theirs if r.scenario == sc])
+        mine = same_samples([r for r in ours if r.scenario == sc], common_samples)
+        rows = arrange(mine, [r for r in theirs if r.scenario == sc])
         tables.append(Table(title=SCENARIO_TITLES.get(sc, sc), scenario=sc, columns=TABLE1_COLUMNS,
                             rows=rows))
     return _render(tables, fmt, ci, n_cases)

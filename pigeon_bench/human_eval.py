@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import shutil
-import tempfile
+import warnings
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -116,18 +114,12 @@ def make_kit(run_a: str | Path, run_b: str | Path, aspect: str, out: str | Path,
     final = Path(out)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
         raise UserError(f"output folder {final} is not empty")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))  # renamed into place when done
-    try:
-        info = _write_kit(out, runs, rows, dataset, samples, common, aspect, n, checks, seed, base_url)
-        if final.exists():
-            final.rmdir()
-        out.chmod(0o755)
-        os.replace(out, final)
-    finally:
-        if out.exists():
-            shutil.rmtree(out)
-    return info
+    if not base_url.startswith(("http://", "https://")):
+        warnings.warn(f"image URLs in batch.csv are relative ({base_url or 'no --base-url'}): MTurk workers "
+                      f"see the images only if --base-url names where {final.name}/ is hosted (https://...)",
+                      stacklevel=2)
+    with fileio.atomic_dir(final) as tmp:
+        return _write_kit(tmp, runs, rows, dataset, samples, common, aspect, n, checks, seed, base_url)
 
 
 def _write_kit(out: Path, runs: list[RunFolder], rows: list, dataset, samples: dict, common: list[str],
@@ -243,6 +235,8 @@ def score_responses(responses: Sequence[str | Path], keys: Sequence[str | Path] 
     key = pd.concat([_read_key(p) for p in dict.fromkeys(key_paths)], ignore_index=True)
     key = key.drop_duplicates("task_id").set_index("task_id")
     answers = pd.concat([read_responses(Path(r)) for r in responses], ignore_index=True)
+    if answers.empty:
+        raise UserError(f"no answers in {', '.join(map(str, responses))} (a header only?)")
     unknown = answers[~answers["task_id"].isin(key.index)]
     if len(unknown):
         raise UserError(f"task {unknown['task_id'].iloc[0]!r} is not in the answer key "
@@ -253,6 +247,8 @@ def score_responses(responses: Sequence[str | Path], keys: Sequence[str | Path] 
     failed = checks[checks["choice"] != checks["gold"]]
     bad_workers = set(zip(failed["kit"], failed["worker_id"], strict=True))
     cases = answers[answers["kind"] == "case"].copy()
+    if cases.empty:
+        raise UserError("the answers hold attention checks only: no case to score")
     cases["excluded"] = [(k, w) in bad_workers for k, w in zip(cases["kit"], cases["worker_id"], strict=True)]
     cases["won"] = (cases["choice"] == cases["a_side"]).astype(float)
     records = []

@@ -178,3 +178,18 @@ def test_usage_errors(cli, world, tmp_path, args, message):
     files["good"] = _simulate(kit, {"w": 1.0}, cheater=None)
     fill = {"pigeon": world["pigeon"], "ti": world["ti"], "tmp": tmp_path, "full": kit, **files}
     assert_one_line_error(cli("human-eval", *[a.format(**fill) for a in args]), message)
+
+
+def test_relative_image_urls_warn_and_header_only_answers_are_one_line(world, tmp_path):
+    with pytest.warns(UserWarning, match="image URLs in batch.csv are relative"):
+        make_kit(world["pigeon"], world["ti"], "personalization", tmp_path / "kit", n=4, checks=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an absolute --base-url: no warning
+        make_kit(world["pigeon"], world["ti"], "personalization", tmp_path / "kit2", n=4, checks=1,
+                 base_url="https://example.org/kit2/")
+    empty = tmp_path / "kit" / "results.csv"
+    empty.write_text("task_id,worker_id,choice\n")
+    with pytest.raises(UserError, match=r"no answers in .*a header only"):
+        score_responses([empty])

@@ -248,6 +248,12 @@ def test_plot_sweeps(world, tmp_path):
     out = plot_sweeps([world["pigeon"], other], tmp_path / "fig4.png", ("p_cis", "a_cs", "p_lpips"))
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 2 * im.height
+    named = plot_sweeps([f"stage 1={world['pigeon']}", f"stage 2={other}"], tmp_path / "named.png")
+    assert named.is_file()
+    movie_data = make_dataset(tmp_path / "mdata", scenario="movie")
+    movie = write_sweep(tmp_path / "movie", movie_data, scenario="movie")
+    with pytest.raises(UserError, match="sweeps of different scenarios"):
+        plot_sweeps([world["pigeon"], movie], tmp_path / "mixed.png")
     hsweep = write_sweep(tmp_path / "h", world["data"], param="alpha_h")
     with pytest.raises(Exception, match="different parameters"):
         plot_sweeps([world["pigeon"], hsweep], tmp_path / "x.png")

@@ -100,18 +100,19 @@ def write_run(run: Path, scores: pd.DataFrame, method: str = "ti", label: str = 
 
 
 def write_sweep(root: Path, data: Path, method: str = "pigeon", label: str = "Pigeon",
-                param: str = "alpha_r", values: tuple[float, ...] = (0.0, 0.5, 1.0)) -> Path:
+                param: str = "alpha_r", values: tuple[float, ...] = (0.0, 0.5, 1.0),
+                scenario: str = "sticker") -> Path:
     """A sweep folder: top manifest with "sweep" and one scored sub-run per value (p_cis falls with alpha)."""
     root.mkdir(parents=True, exist_ok=True)
     fileio.write_json(root / "manifest.json", {"method": method, "label": label, "group": "LMM-based",
-                                           "scenario": "sticker", "data": str(data), "profile": "tiny",
+                                           "scenario": scenario, "data": str(data), "profile": "tiny",
                                            "sweep": list(values)})
     for k, a in enumerate(values):
         scores = base_scores(seed=k)
         scores["p_cis"] -= 10 * a
         scores["a_cs"] += 10 * a
         write_run(root / f"{param}={a:.1f}", scores, method=method, label=label, group="LMM-based", data=data,
-                  alpha_r=a if param == "alpha_r" else None)
+                  alpha_r=a if param == "alpha_r" else None, scenario=scenario)
     return root
 
 

@@ -61,8 +61,9 @@ def report(
 
 
 def plot_sweep(
-    sweeps: Annotated[list[Path], typer.Argument(
-        help="Sweep folders with alpha_r=... (or alpha_h=...) sub-runs.")],
+    sweeps: Annotated[list[str], typer.Argument(
+        help="Sweep folders with alpha_r=... (or alpha_h=...) sub-runs, each DIR or NAME=DIR (NAME labels "
+             "its line).")],
     out: Annotated[Path, typer.Option(help="PNG file to write.")],
     metric: Annotated[list[str] | None, typer.Option(
         help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,

@@ -25,6 +25,7 @@ class SweepPoints:
     param: str
     points: pd.DataFrame  # x, then <metric>, <metric>_lo, <metric>_hi
     notice: str | None
+    scenario: str
 
 
 def sweep_points(sweep_dir: str | Path) -> SweepPoints:
@@ -41,23 +42,43 @@ def sweep_points(sweep_dir: str | Path) -> SweepPoints:
     manifest = RunFolder(sweep_dir).manifest_or_empty()
     label = str(manifest.get("label") or manifest.get("method") or rows[0][1].label)
     notice = next((row.notice for _, row in rows if row.notice), None)
-    return SweepPoints(label, params.pop(), pd.DataFrame(points), notice)
+    scenarios = {row.scenario for _, row in rows}
+    if len(scenarios) > 1:
+        raise UserError(f"{sweep_dir}: sub-runs of several scenarios ({', '.join(sorted(scenarios))})")
+    return SweepPoints(label, params.pop(), pd.DataFrame(points), notice, scenarios.pop())
+
+
+def parse_labelled(text: str | Path) -> tuple[str | None, Path]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain DIR (or a folder whose own name holds "=") -> (None, DIR)."""
+    name, sep, path = str(text).partition("=")
+    if sep and name and path and not Path(text).exists():
+        return name.strip(), Path(path.strip())
+    return None, Path(text)
 
 
 def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
                 metrics: Sequence[str] = ("p_cis", "a_cs")) -> Path:
-    """Fig. 4-style line plots: a panel per metric, a line (with its 95% CI band) per sweep; writes a PNG."""
+    """Fig. 4-style line plots: a panel per metric, a line (with its 95% CI band) per sweep; writes a PNG.
+
+    Each sweep is a folder or ``NAME=DIR`` (NAME labels its line); sweeps of different scenarios are refused.
+    """
     table.check_names(list(metrics))
     if not sweep_dirs:
         raise UserError("give at least one sweep folder")
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"{out}: the plot is written as PNG; name the file *.png")
-    sweeps = [sweep_points(d) for d in sweep_dirs]
+    named = [parse_labelled(d) for d in sweep_dirs]
+    sweeps = [sweep_points(d) for _, d in named]
+    for s, (name, _) in zip(sweeps, named, strict=True):
+        s.label = name or s.label
+    scenarios = {s.scenario for s in sweeps}
+    if len(scenarios) > 1:
+        raise UserError(f"sweeps of different scenarios ({', '.join(sorted(scenarios))}) cannot share a plot")
     labels = [s.label for s in sweeps]
-    for s, d in zip(sweeps, sweep_dirs, strict=True):
-        if labels.count(s.label) > 1:  # tell same-label sweeps (e.g. two checkpoints) apart by folder
-            s.label = f"{s.label} [{Path(d).name}]"
+    for s, (name, d) in zip(sweeps, named, strict=True):
+        if labels.count(s.label) > 1 and name is None:  # tell same-label sweeps apart by folder
+            s.label = f"{s.label} [{d.name}]"
     params = {s.param for s in sweeps}
     if len(params) > 1:
         raise UserError(f"sweeps over different parameters ({', '.join(sorted(params))}) "

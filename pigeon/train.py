@@ -177,7 +177,9 @@ def _resume(model: PigeonModel, opt: torch.optim.Optimizer, params: list[torch.n
             if st:
                 st["step"] = st["step"].reshape(())
                 opt.state[p] = st
-    return int(meta.get("step", 0)), list(meta.get("log", []))
+    step = int(meta.get("step", 0))
+    log.warning("resuming %s from step %d (saved in %s)", meta.get("stage", "training"), step, out)
+    return step, list(meta.get("log", []))
 
 
 def _threads(spec: TrainSpec):

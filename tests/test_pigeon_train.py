@@ -199,3 +199,12 @@ def test_official_template_fields_come_from_the_items_table(tmp_path: Path) -> N
                       "history_titles": ["Heat", "Alien", "Heat", "Alien", "Up"]}
     assert template_fields(texts, ["1", "9"], "9") == {"emotion": None, "title": None, "history_titles": None}
     assert with_dataset_scenario(PigeonConfig(), tmp_path).scenario == "movie"
+
+
+def test_a_resumed_training_says_from_which_step(dataset: Path, backbone_dir: Path, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "sft"
+    train_sft(spec(dataset, backbone_dir, out))
+    with caplog.at_level("WARNING", logger="pigeon.train"):
+        meta = train_sft(spec(dataset, backbone_dir, out, steps=3))
+    assert meta["step"] == 3 and f"resuming sft from step 2 (saved in {out})" in caplog.text

@@ -369,3 +369,12 @@ def test_run_end_to_end_then_resume_changes_nothing(dataset_dir, tmp_path, noise
 def test_run_refuses_a_dataset_of_another_scenario(dataset_dir, tmp_path):
     with pytest.raises(UserError, match="is a 'sticker' dataset, not 'movie'"):
         runs.run(runs.Experiment(scenario="movie", data=dataset_dir, methods=["grd"], out=tmp_path))
+
+
+def test_cli_score_refuses_a_batch_size_below_one(cli, dataset_dir, tmp_path):
+    out = tmp_path / "hist"
+    assert cli("generate", "--data", str(dataset_dir), "--method", "hist", "--out", str(out),
+               "--profile", "tiny").exit_code == 0
+    for bad in ("0", "-3"):
+        r = cli("score", str(out), "--batch-size", bad)
+        assert r.exit_code == 2 and r.stderr == f"error: --batch-size must be at least 1, got {bad}\n"

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pigeon_bench.errors import UserError
 from pigeon_bench.profiles import HELP as PROFILE_HELP
 
 _OPTION_HELP = "Method option key=value (repeatable), e.g. -o checkpoint=PATH (see `pigeon-bench methods`)."
@@ -120,16 +121,21 @@ def score(
     from pigeon_bench.runs import RunFolder, scoreable
     from pigeon_bench.scoring import Scorer
 
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     folders = scoreable(run_dir)
     recorded = RunFolder(run_dir).manifest_or_empty().get("profile")
     scorer = Scorer(profile=get_profile(profile or recorded).name, device=device, batch_size=batch_size,
                     cache_dir=cache_dir)
+    shown: set[str] = set()
     for folder in folders:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             summary = scorer.score_run(folder.path, data)
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
+        for text in dict.fromkeys(str(w.message) for w in caught):  # each warning once per command
+            if text not in shown:
+                shown.add(text)
+                typer.echo(f"warning: {text}", err=True)
         means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items()
                           if v["mean"] is not None)
         typer.echo(f"{folder}: n={summary['n']}  {means}")

@@ -10,6 +10,8 @@ import pandas as pd
 
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import overall
+from pigeon_bench.progress import console
+from pigeon_bench.progress import progress as progress_bar
 from pigeon_bench.runs.folder import RunFolder, Sweep, newer
 
 SELECTION_RULE = "per sample, the α_r maximizing (p_cis + a_cs) / 2, measured on the test images themselves"
@@ -105,9 +107,12 @@ def score(runs: Sequence[RunFolder], scorer) -> None:
 
     One scorer serves every run, so its feature cache is shared (history and reference features once).
     """
-    for run in runs:
-        if not is_scored(run, scorer):
+    todo = [run for run in runs if not is_scored(run, scorer)]
+    with progress_bar(enabled=len(todo) > 1 and console.is_terminal) as progress:
+        task = progress.add_task(f"scoring {len(todo)} run folders", total=len(todo))
+        for run in todo:
             scorer.score_run(run.path)
+            progress.advance(task)
 
 
 def is_scored(run: RunFolder, scorer) -> bool:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,8 +27,8 @@ from pigeon.lavit.config import (
 )
 from pigeon.lavit.tokenizer_decoder import HighresTokenizerDecoder
 from pigeon.lavit.visual_tokenizer import DynamicVisualTokenizer
+from pigeon_bench import artifacts, fileio
 from pigeon_bench.errors import UserError
-from pigeon_bench.paths import cache_dir
 
 LM_SHARDS = 3  # the release splits the language model into pytorch_model-0000{1,2,3}-of-00003.bin
 _CORPUS = (
@@ -141,32 +138,25 @@ def _write_parts(tmp: Path, config: LaVITConfig, gen: torch.Generator) -> None:
     _write_pixel_decoder(tmp / PIXEL_DIR, config)
 
 
+def _write_folder(out: Path, config: LaVITConfig, seed: int) -> None:
+    """Write the folder's parts into the (new, empty) folder ``out``."""
+    with torch.random.fork_rng(devices=[]):  # seeded module inits without touching the caller's RNG
+        torch.manual_seed(seed)
+        _write_parts(out, config, torch.Generator().manual_seed(seed))
+    (out / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
+
+
 def write_tiny_lavit_folder(root: str | Path, config: LaVITConfig = TINY, seed: int = 0) -> Path:
-    """Write the folder atomically (built beside ``root``, then renamed into place); returns ``root``."""
+    """Write the folder whole (built beside ``root``, then renamed into place); returns ``root``."""
     root = Path(root)
     if root.exists():
         raise UserError(f"{root} already exists; the tiny LaVIT folder is written only into a new path")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeded module inits without touching the caller's RNG
-            torch.manual_seed(seed)
-            _write_parts(tmp, config, torch.Generator().manual_seed(seed))
-        (tmp / CONFIG_FILE).write_text(json.dumps(config.to_json(), indent=2) + "\n")
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with fileio.atomic_dir(root) as tmp:
+        _write_folder(tmp, config, seed)
     return root
 
 
 def ensure_tiny_lavit_folder(cache_root: str | Path | None = None, seed: int = 0) -> Path:
-    """The tiny LaVIT folder in the pigeon-bench cache, written once (safe when called concurrently)."""
-    from filelock import FileLock
-
-    root = cache_dir(cache_root) / "models" / f"lavit-tiny-seed{seed}"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if not (root / CONFIG_FILE).is_file():
-            write_tiny_lavit_folder(root, seed=seed)
-    return root
+    """The tiny LaVIT folder in the artifact cache, written once (safe when called concurrently)."""
+    return artifacts.ensure("models", f"lavit-tiny-seed{seed}", lambda out: _write_folder(out, TINY, seed),
+                            root=cache_root)

@@ -63,14 +63,13 @@ def read_csv(path: Path, columns: tuple[str, ...], integers: tuple[str, ...] = (
 
 
 def refuse_duplicates(df: pd.DataFrame, key: list[str], path: Path) -> None:
-    """One row per ``key``: a repeated one is named with its rows."""
-    repeated = df.duplicated(key, keep=False).to_numpy()
-    if repeated.any():
-        rows = np.flatnonzero(repeated)
-        first = df.iloc[rows[0]][key]
-        twin = next(r for r in rows[1:] if (df.iloc[r][key] == first).all())
-        what = ", ".join(f"{k} {first[k]}" for k in key)
-        raise UserError(f"{path}: duplicate {what} (rows {rows[0] + 2} and {twin + 2})")
+    """One row per ``key``: the first repeat is named with both its rows."""
+    repeats = np.flatnonzero(df.duplicated(key).to_numpy())
+    if len(repeats):
+        values = [df[k].iloc[repeats[0]] for k in key]
+        same = np.logical_and.reduce([df[k].to_numpy() == v for k, v in zip(key, values, strict=True)])
+        what = ", ".join(f"{k} {v}" for k, v in zip(key, values, strict=True))
+        raise UserError(f"{path}: duplicate {what} (rows {np.flatnonzero(same)[0] + 2} and {repeats[0] + 2})")
 
 
 def split_title(title: str) -> tuple[str, str | None]:

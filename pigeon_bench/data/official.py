@@ -100,9 +100,10 @@ def import_official(
                     raise UserError(f"{path}: user {uid!r} group {gid!r} maps to {type(windows).__name__}, "
                                     "expected a list of windows")
                 for k, window in enumerate(windows):
-                    ids = np.asarray(window).tolist()
-                    if not isinstance(ids, list) or len(ids) != WINDOW:
+                    ids = window.tolist() if isinstance(window, np.ndarray) else window
+                    if not isinstance(ids, (list, tuple)) or len(ids) != WINDOW:
                         raise UserError(f"{path}: user {uid!r} group {gid!r} window {k} is not {WINDOW} ids")
+                    ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # numpy scalars
                     bad = [i for i in ids if type(i) is not int or not 0 <= i < len(paths)]
                     if bad:
                         raise UserError(f"{path}: user {uid!r} group {gid!r} window {k}: item id {bad[0]!r} "

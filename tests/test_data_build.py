@@ -128,7 +128,7 @@ def stats_error(folder: Path, match: str) -> None:
 
 def tiny_tables(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     items = pd.DataFrame({"item_id": list("abcdefghijk"), "image_path": [f"{c}.png" for c in "abcdefghijk"],
-                          "semantics": list("ABCDEFGHIJK")})
+                          "semantics": [f"{c} {seed}" for c in "ABCDEFGHIJK"]})
     return items, windows_to_samples([("u", list("abcdefghijk"))], "do it", "random", seed=seed)
 
 
@@ -206,6 +206,7 @@ def test_an_interrupted_build_leaves_the_old_dataset_whole(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         build_tiny(tmp_path / "d", seed=1, force=True)
     assert folder_bytes(tmp_path / "d") == before  # not new items beside old samples
+    assert Dataset(tmp_path / "d").items["a"].semantics == "A 0"
     assert [p.name for p in tmp_path.iterdir()] == ["d"], "temporary folders left behind"
     assert len(Dataset(tmp_path / "d").samples()) == 6
 

@@ -237,14 +237,20 @@ def test_building_over_a_dataset_needs_force(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_folder_and_nothing_changes(tmp_path, monkeypatch):
     raw = write_movielens(tmp_path / "ml")
     build = ["data", "build", "movie", "--raw", str(raw), "--out", str(tmp_path / "d")]
+    full = (f"error: cannot write the dataset folder {tmp_path / 'd'}: No space left on device; nothing was "
+            "changed")
+
+    def fails(args: list[str]) -> None:
+        with monkeypatch.context() as m:
+            kill_at(m, "samples.parquet", OSError(errno.ENOSPC, "No space left on device"))
+            result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.stderr.strip() == full, result.output
+
+    fails(build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml"]  # no half-written folder
     assert CliRunner().invoke(app, build).exit_code == 0
     before = folder_bytes(tmp_path / "d")
-    kill_at(monkeypatch, "samples.parquet", OSError(errno.ENOSPC, "No space left on device"))
-    result = CliRunner().invoke(app, [*build, "--seed", "1", "--force"])
-    err = result.stderr.strip()
-    assert result.exit_code == 2 and "\n" not in err, result.output
-    assert err == f"error: cannot write the dataset folder {tmp_path / 'd'}: No space left on device; " \
-                  "nothing was changed"
+    fails([*build, "--seed", "1", "--force"])
     assert folder_bytes(tmp_path / "d") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "ml"]
 

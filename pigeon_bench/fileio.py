@@ -44,8 +44,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``dest`` whole (an existing ``dest`` is moved
     aside first, put back if the swap fails, and removed after), else it is removed. Readers see the old
-    folder or the new one."""
-    dest = Path(dest)
+    folder or the new one. A symlink is followed: the folder it points to is replaced."""
+    dest = Path(dest).resolve() if Path(dest).is_symlink() else Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
@@ -60,7 +60,10 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
             if old.exists():
                 os.replace(old, dest)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

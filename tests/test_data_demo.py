@@ -175,3 +175,8 @@ def test_a_demo_world_never_replaces_other_data(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match=r"--out .*file is a file, not a folder"):
         write_demo_world(tmp_path / "file", sizes=TINY)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "ml-latest-small").write_text("mine")
+    with pytest.raises(UserError, match="ml-latest-small holds data that is not a demo world"):
+        write_demo_world(tmp_path / "other", sizes=TINY)
+    assert (tmp_path / "other" / "ml-latest-small").read_text() == "mine"

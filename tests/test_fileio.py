@@ -137,3 +137,13 @@ def test_atomic_dir_puts_the_old_folder_back_when_the_swap_fails(tmp_path, monke
     with pytest.raises(UserError, match=full), fileio.whole_dir(dest, "the folder") as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and (dest / "old.txt").read_text() == "old"
+
+
+def test_atomic_dir_follows_a_symlink(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "old.txt").write_text("old")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    with fileio.atomic_dir(tmp_path / "link") as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert (tmp_path / "link").is_symlink() and [p.name for p in (tmp_path / "link").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

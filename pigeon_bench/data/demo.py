@@ -471,7 +471,7 @@ def write_demo_world(out: str | Path, seed: int = 0, sizes: DemoSizes = DemoSize
     writers = {"sticker": ("ser30k", write_demo_stickers), "movie": ("ml-latest-small", write_demo_movies)}
     for name, _ in writers.values():
         folder = out / name
-        if folder.is_dir() and any(folder.iterdir()) and not (folder / DEMO_MARKER).is_file():
+        if folder.exists() and not _replaceable(folder):
             raise UserError(f"{folder} holds data that is not a demo world (no {DEMO_MARKER}): choose "
                             "another --out")
     marker = {"version": DEMO_VERSION, "seed": seed, "sizes": dataclasses.asdict(sizes)}
@@ -480,6 +480,11 @@ def write_demo_world(out: str | Path, seed: int = 0, sizes: DemoSizes = DemoSize
             writer(tmp, seed, sizes)
             fileio.write_json(tmp / DEMO_MARKER, marker)
     return {scenario: out / name for scenario, (name, _) in writers.items()}
+
+
+def _replaceable(folder: Path) -> bool:
+    """An empty folder, or one an earlier ``write_demo_world`` wrote."""
+    return folder.is_dir() and (not any(folder.iterdir()) or (folder / DEMO_MARKER).is_file())
 
 
 def build_demo_datasets(world: Path, out: Path, seed: int = 0,

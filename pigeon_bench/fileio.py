@@ -44,8 +44,8 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``dest`` whole (an existing ``dest`` is moved
     aside first, put back if the swap fails, and removed after), else it is removed. Readers see the old
-    folder or the new one. A symlink is followed: the folder it points to is replaced."""
-    dest = Path(dest).resolve() if Path(dest).is_symlink() else Path(dest)
+    folder or the new one. ``dest`` is resolved first (``.`` works; a symlink's target is replaced)."""
+    dest = Path(dest).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:

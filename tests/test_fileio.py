@@ -139,7 +139,7 @@ def test_atomic_dir_puts_the_old_folder_back_when_the_swap_fails(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and (dest / "old.txt").read_text() == "old"
 
 
-def test_atomic_dir_follows_a_symlink(tmp_path):
+def test_atomic_dir_follows_a_symlink_and_takes_dot(tmp_path, monkeypatch):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "old.txt").write_text("old")
     (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
@@ -147,3 +147,7 @@ def test_atomic_dir_follows_a_symlink(tmp_path):
         (tmp / "new.txt").write_text("new")
     assert (tmp_path / "link").is_symlink() and [p.name for p in (tmp_path / "link").iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    monkeypatch.chdir(tmp_path / "real")
+    with fileio.atomic_dir(".") as tmp:
+        (tmp / "dot.txt").write_text("dot")
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["dot.txt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from pigeon_bench.cli import app
 from pigeon_bench.data import Dataset
 from pigeon_bench.data.demo import DEMO_VERSION, DemoSizes, ensure_demo_datasets, write_demo_world
+from pigeon_bench.errors import UserError
 from pigeon_bench.scenarios import scenarios
 
 SMALL = DemoSizes(themes=6, users=5, movies_per_genre=3, image_size=48, posters_missing=1)
@@ -127,3 +129,54 @@ def test_default_demo_sizes_give_a_small_test_split(tmp_path):
     for name, folder in paths.items():
         stats = Dataset(folder).stats
         assert 16 <= stats["splits"]["test"] <= 24, (name, stats)
+
+
+def test_impossible_demo_sizes_are_refused():
+    with pytest.raises(UserError, match=r"demo movies-per-genre must be 2\.\.176, got 177"):
+        DemoSizes(movies_per_genre=177)  # more than the title templates can name: an endless loop before
+    with pytest.raises(UserError, match=r"demo themes must be 2\.\.256, got 300"):
+        DemoSizes(themes=300)  # silently 256 before
+    with pytest.raises(UserError, match=r"demo image-size must be 32\.\.2048, got 100000"):
+        DemoSizes(image_size=100_000)
+    with pytest.raises(UserError, match=r"demo posters-missing must be 0\.\.15, got 16"):
+        DemoSizes(movies_per_genre=2, posters_missing=16)
+    assert DemoSizes(movies_per_genre=176).movies_per_genre == 176
+    for args, match in ((["--users", "1"], "demo users must be 2 or more, got 1"),
+                        (["--seed", "-1"], "--seed must be 0 or more, got -1")):
+        result = CliRunner().invoke(app, ["data", "demo", "--out", "unused", *args])
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: {match}", result.output
+
+
+TINY = DemoSizes(themes=2, users=2, movies_per_genre=3, image_size=32, posters_missing=1)
+
+
+def test_a_demo_world_replaces_an_earlier_one_whole(tmp_path):
+    write_demo_world(tmp_path, sizes=TINY)
+    assert (tmp_path / "ml-latest-small" / "posters" / "16.jpg").is_file()  # 24 movies, the last lacks one
+    smaller = dataclasses.replace(TINY, movies_per_genre=2)
+    write_demo_world(tmp_path, sizes=smaller)
+    posters = tmp_path / "ml-latest-small" / "posters"
+    assert sorted(int(p.stem) for p in posters.iterdir()) == list(range(1, 16))  # no poster left from before
+    write_demo_world(tmp_path / "fresh", sizes=smaller)
+    assert files(tmp_path / "fresh" / "ml-latest-small") == files(tmp_path / "ml-latest-small")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "ml-latest-small", "ser30k"]
+
+
+def test_a_demo_world_never_replaces_other_data(tmp_path):
+    real = tmp_path / "ser30k" / "Annotations"
+    real.mkdir(parents=True)
+    (real / "train.json").write_text("{}")
+    result = CliRunner().invoke(app, ["data", "demo", "--out", str(tmp_path), "--themes", "2"])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and "\n" not in err, result.output
+    assert err.endswith("ser30k holds data that is not a demo world (no pigeon-bench-demo.json): choose "
+                        "another --out")
+    assert (real / "train.json").read_text() == "{}" and not (tmp_path / "ml-latest-small").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"--out .*file is a file, not a folder"):
+        write_demo_world(tmp_path / "file", sizes=TINY)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "ml-latest-small").write_text("mine")
+    with pytest.raises(UserError, match="ml-latest-small holds data that is not a demo world"):
+        write_demo_world(tmp_path / "other", sizes=TINY)
+    assert (tmp_path / "other" / "ml-latest-small").read_text() == "mine"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
+from test_data_build import folder_bytes, kill_at
 from typer.testing import CliRunner
 
 from pigeon_bench.cli import app
@@ -159,6 +161,98 @@ def test_cli_build_and_bad_inputs(tmp_path):
     user_error([*build, raw], "no samples")
     (raw / "movies.csv").write_text("movieId,title,genres\n1,A,Drama\n1,B,Drama\n")
     user_error([*build, raw], "duplicate movieId 1")
+
+
+def test_min_rating_is_checked_and_named_when_it_filters_everything(tmp_path):
+    raw = write_movielens(tmp_path / "ml")
+    build = ["data", "build", "movie", "--raw", raw, "--out", tmp_path / "x", "--min-rating"]
+    for bad in ("10", "-5", "nan", "0.4"):
+        user_error([*build, bad], rf"--min-rating must be within 0\.5\.\.5 \(MovieLens ratings\), got {bad}")
+    (raw / "ratings.csv").write_text(RATINGS.replace("5.0", "4.5"))
+    user_error([*build, "5"], r"--min-rating 5 keeps none of the 21 ratings \(the highest is 4\.5\)")
+    user_error([*build, "4.5"], r"no samples: no user has 6 or more ratings >= 4\.5 \(the most any user has "
+                                r"is 2\)")
+    user_error([*build, "4", "--images", raw / "empty"], "poster folder not found")
+    (raw / "empty").mkdir()
+    user_error([*build, "4", "--images", raw / "empty"], "--images .*empty: no movie rated >= 4 has a poster")
+    assert not (tmp_path / "x").exists()
+
+
+def test_degenerate_csvs_are_one_line_errors(tmp_path):
+    raw = write_movielens(tmp_path / "ml")
+    build = ["data", "build", "movie", "--raw", raw, "--out", tmp_path / "x"]
+    header = "userId,movieId,rating,timestamp\n"
+    cases = {
+        header: r"ratings\.csv holds no ratings",
+        header + "1.5,1,4,1\n": r"ratings\.csv: column userId row 2: not a whole number: '1\.5'",
+        header + "1,99999999999999999999,4,1\n": "column movieId row 2: not a whole number",
+        header + "1,1,inf,1\n": "column rating row 2: not a number: 'inf'",
+        header + "1,1,,1\n": "column rating row 2: not a number: ''",
+        header + "1,2,4,1\n1,3,4,2\n1,2,5,3\n": r"ratings\.csv: duplicate userId 1, movieId 2 \(rows 2 and "
+                                                 r"4\)",
+    }
+    for text, match in cases.items():
+        (raw / "ratings.csv").write_text(text)
+        user_error(build, match)
+    (raw / "ratings.csv").write_text(RATINGS)
+    (raw / "movies.csv").write_text("movieId,title,genres\n")
+    user_error(build, r"no rating >= 4 is of a movie listed in .*movies\.csv")
+    write_movielens(raw)
+    (raw / "links.csv").write_text("movieId,imdbId,tmdbId\n1,1,1\n1,2,2\n")
+    user_error(build, r"links\.csv: duplicate movieId 1 \(rows 2 and 3\)")
+    (raw / "links.csv").write_text("movieId,imdbId,tmdbId\n")  # no links at all: the ids stay blank
+    ok = CliRunner().invoke(app, [str(a) for a in build])
+    assert ok.exit_code == 0, ok.output
+    assert set(Dataset(tmp_path / "x").items_df["imdb_id"]) == {""}
+    (tmp_path / "ov.csv").write_text("movieId,overview\n31,a\n31,b\n")
+    user_error([*build, "--overviews", tmp_path / "ov.csv", "--force"], r"ov\.csv: duplicate movieId 31")
+    user_error([*build, "--seed", "-1"], "--seed must be 0 or more, got -1")
+
+
+def test_only_canonical_poster_names_count(tmp_path):
+    raw = write_movielens(tmp_path / "ml", posters_missing=(21,))
+    Image.new("RGB", (8, 12)).save(raw / "posters" / "0021.jpg")  # would be recorded as 21.jpg
+    build_movie(raw, tmp_path / "out", images=raw / "posters")
+    data = Dataset(tmp_path / "out")
+    assert "21" not in data.items
+    assert all(data.image_path(i).is_file() for i in data.items)
+
+
+def test_building_over_a_dataset_needs_force(tmp_path):
+    raw = write_movielens(tmp_path / "ml")
+    build = ["data", "build", "movie", "--raw", str(raw), "--out", str(tmp_path / "d")]
+    assert CliRunner().invoke(app, build).exit_code == 0
+    before = folder_bytes(tmp_path / "d")
+    same = CliRunner().invoke(app, build)
+    assert same.exit_code == 0 and "already holds this exact movie dataset: nothing written" in same.output
+    user_error([*build, "--seed", "1"], r"--out .*d already holds a different dataset: pass --force")
+    assert folder_bytes(tmp_path / "d") == before
+    forced = CliRunner().invoke(app, [*build, "--seed", "1", "--force"])
+    assert forced.exit_code == 0 and Dataset(tmp_path / "d").stats["seed"] == 1
+    user_error(["data", "build", "movie", "--raw", raw, "--out", raw, "--force"],
+               r"--out .*ml holds 4 file\(s\) that are not part of a dataset")
+    assert (raw / "ratings.csv").is_file()
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_nothing_changes(tmp_path, monkeypatch):
+    raw = write_movielens(tmp_path / "ml")
+    build = ["data", "build", "movie", "--raw", str(raw), "--out", str(tmp_path / "d")]
+    full = (f"error: cannot write the dataset folder {tmp_path / 'd'}: No space left on device; nothing was "
+            "changed")
+
+    def fails(args: list[str]) -> None:
+        with monkeypatch.context() as m:
+            kill_at(m, "samples.parquet", OSError(errno.ENOSPC, "No space left on device"))
+            result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.stderr.strip() == full, result.output
+
+    fails(build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml"]  # no half-written folder
+    assert CliRunner().invoke(app, build).exit_code == 0
+    before = folder_bytes(tmp_path / "d")
+    fails([*build, "--seed", "1", "--force"])
+    assert folder_bytes(tmp_path / "d") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "ml"]
 
 
 def test_shared_ml_latest_small(shared_dir, tmp_path):

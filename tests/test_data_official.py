@@ -107,3 +107,27 @@ def test_cli_import_and_bad_inputs(tmp_path):
     user_error([*cmd, "sticker"], "cannot read .*valid.npy")
     (seq / "valid.npy").unlink()
     user_error([*cmd, "sticker"], "missing file: .*valid.npy")
+
+
+def test_cli_malformed_windows_and_empty_splits(tmp_path):
+    seq = write_official(tmp_path)
+    cmd = [str(a) for a in ["data", "import-official", seq, "--out", tmp_path / "o", "--scenario", "sticker"]]
+    save(seq / "valid.npy", {1: {1: 5}})
+    user_error(cmd, "valid.npy: user 1 group 1 maps to int, expected a list of windows")
+    save(seq / "valid.npy", {1: {1: [[8, 9, 10, 11, 12, True]]}})
+    user_error(cmd, "valid.npy: user 1 group 1 window 0: item id True outside 0..13")
+    for split in ("train", "valid", "test"):
+        save(seq / f"{split}.npy", {})
+    user_error(cmd, r"no samples: train\.npy, valid\.npy, test\.npy in .*processed_seq hold no windows")
+
+
+def test_cli_import_over_a_dataset_needs_force(tmp_path):
+    seq = write_official(tmp_path)
+    cmd = [str(a) for a in ["data", "import-official", seq, "--out", tmp_path / "o", "--scenario", "sticker"]]
+    assert CliRunner().invoke(app, cmd).exit_code == 0
+    again = CliRunner().invoke(app, cmd)
+    assert again.exit_code == 0 and "nothing written" in again.output
+    save(seq / "valid.npy", {1: {1: [list(np.arange(7, 13))]}})  # numpy integers in a list
+    user_error(cmd, "already holds a different dataset: pass --force")
+    assert CliRunner().invoke(app, [*cmd, "--force"]).exit_code == 0
+    assert Dataset(tmp_path / "o").samples("valid")[0].target_id == "12"

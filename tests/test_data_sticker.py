@@ -164,3 +164,45 @@ def test_cli_bad_inputs(raw, tmp_path):
     (raw / "Images").rename(raw / "Pictures")
     user_error([*build, raw], "missing folder: .*Images")
     user_error(["data", "stats", tmp_path / "nope"], "dataset folder not found")
+
+
+def set_annotations(raw: Path, entries: list[dict]) -> None:
+    """train.json holds ``entries``; val.json and test.json are empty."""
+    for name in ("train.json", "val.json", "test.json"):
+        doc = {"annotations": entries if name == "train.json" else []}
+        (raw / "Annotations" / name).write_text(json.dumps(doc))
+
+
+def test_cli_names_what_left_nothing_to_build(raw, tmp_path):
+    build = ["data", "build", "sticker", "--out", tmp_path / "x", "--raw", raw]
+    exclude_all = tmp_path / "all.txt"
+    exclude_all.write_text("\n".join(THEMES))
+    user_error([*build, "--exclude", exclude_all], r"--exclude .*all\.txt leaves out every theme")
+    user_error([*build, "--seed", "-1"], "--seed must be 0 or more, got -1")
+    user_error([*build, "--emotion-names", "a,,b,c,d,e,f"], "needs 7 different, non-empty names")
+    user_error([*build, "--emotion-names", "a,a,b,c,d,e,f"], "needs 7 different, non-empty names")
+    set_annotations(raw, [{"topic": "b-theme", "file_name": f"gone_{i}.jpg", "anno": 1} for i in range(8)])
+    user_error(build, r"no annotated sticker has its image file \(e\.g\. .*Images/b-theme/gone_0\.jpg is "
+                      "missing")
+    set_annotations(raw, [])
+    user_error(build, r"Annotations: the annotation files list no stickers")
+    assert not (tmp_path / "x").exists()
+
+
+def test_annotations_must_stay_inside_images_and_labels_be_whole(raw, tmp_path):
+    build = ["data", "build", "sticker", "--out", tmp_path / "x", "--raw", raw]
+    good = [{"topic": "b-theme", "file_name": f"sticker_{i}.jpg", "anno": 1} for i in range(1, 7)]
+    outside = raw.parent / "secret.jpg"
+    Image.new("RGB", (4, 4)).save(outside)
+    for key, value in (("file_name", str(outside)), ("file_name", "../../secret.jpg"), ("topic", ""),
+                       ("topic", "..")):
+        set_annotations(raw, [*good, {**good[0], key: value}])
+        user_error(build, rf"train\.json: annotation 6: {key} '{re.escape(value)}' is not a path inside "
+                          "Images/")
+    for label in (2.5, True, "happy", None):
+        set_annotations(raw, [*good, {**good[0], "anno": label}])
+        user_error(build, rf"annotation 6: 'anno' is not an integer: {re.escape(repr(label))}")
+    set_annotations(raw, [{**entry, "anno": label} for entry, label in zip(good, (3, 3.0, "3", 3, 3, 3),
+                                                                              strict=True)])
+    data = Dataset(build_sticker(raw, tmp_path / "ok").out)
+    assert set(data.items_df["emotion"]) == {"fear"}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pigeon_bench.cli import group
 from pigeon_bench.errors import UserError
 
-data_app = group("Build, import and inspect scenario datasets.")
+if TYPE_CHECKING:
+    from pigeon_bench.data.build import BuildResult
 
+data_app = group("Build, import and inspect scenario datasets.")
 
 
 class _ScenarioCommands(typer.core.TyperGroup):
@@ -28,6 +30,8 @@ data_build_app = typer.Typer(help="Build a scenario dataset from its raw release
 data_app.add_typer(data_build_app, name="build")
 _SPLIT_MODE_HELP = ("random: all windows shuffled and cut 8:1:1 (the paper's wording); temporal: each "
                     "user's latest windows go to valid/test")
+_Force = Annotated[bool, typer.Option(
+    help="Replace a different dataset already in --out (an identical one is left as it is).")]
 
 
 def _print_dataset_stats(stats: dict, title: str) -> None:
@@ -46,9 +50,17 @@ def _print_dataset_stats(stats: dict, title: str) -> None:
             table.add_row(f"samples ({split})", f"{stats['splits'][split]:,}")
     for key, n in stats.get("dropped", {}).items():
         table.add_row(f"dropped: {key.replace('_', ' ')}", f"{n:,}")
-    for key in sorted(set(stats) - {"scenario", "users", "items", "samples", "splits", "dropped"}):
+    for key in sorted(set(stats) - {"scenario", "users", "items", "samples", "splits", "dropped", "sha256"}):
         table.add_row(key, str(stats[key]))
     Console().print(table)
+
+
+def _report(result: BuildResult, scenario: str, verb: str) -> None:
+    """The stats of what a builder wrote, or one line when the folder already held exactly that."""
+    if result.written:
+        _print_dataset_stats(result.stats, f"{scenario} dataset {verb} {result.out}")
+    else:
+        typer.echo(f"{result.out} already holds this exact {scenario} dataset: nothing written")
 
 
 def _check_split_mode(split_mode: str) -> str:
@@ -70,13 +82,14 @@ def data_build_movie(
     split_mode: Annotated[str, typer.Option(help=_SPLIT_MODE_HELP)] = "random",
     overviews: Annotated[Path | None, typer.Option(
         help="Optional CSV (movieId, overview) appended to each poster's semantics text.")] = None,
+    force: _Force = False,
 ) -> None:
     """Movie posters from MovieLens ml-latest-small: ratings >= 4 by time, windows of 5 history + target."""
     from pigeon_bench.data.movie import build_movie
 
     result = build_movie(raw, out, images=images, min_rating=min_rating, seed=seed,
-                         split_mode=_check_split_mode(split_mode), overviews=overviews)
-    _print_dataset_stats(result.stats, f"movie dataset written to {result.out}")
+                         split_mode=_check_split_mode(split_mode), overviews=overviews, force=force)
+    _report(result, "movie", "written to")
 
 
 @data_build_app.command("sticker")
@@ -91,14 +104,15 @@ def data_build_sticker(
     emotion_names: Annotated[str | None, typer.Option(
         help="Comma-separated names of the emotion labels 1..7 (default: anger, disgust, fear, happiness, "
              "neutral, sadness, surprise).")] = None,
+    force: _Force = False,
 ) -> None:
     """Stickers from SER30K: one user per theme, windows of 6; valid/test references from another theme."""
     from pigeon_bench.data.sticker import build_sticker
 
     names = [n.strip() for n in emotion_names.split(",")] if emotion_names else None
     result = build_sticker(raw, out, seed=seed, split_mode=_check_split_mode(split_mode), exclude=exclude,
-                           emotion_names=names)
-    _print_dataset_stats(result.stats, f"sticker dataset written to {result.out}")
+                           emotion_names=names, force=force)
+    _report(result, "sticker", "written to")
 
 
 @data_app.command("demo")
@@ -113,8 +127,6 @@ def data_demo(
     """Write the offline demo world: procedural stickers (SER30K layout), posters (ml-latest-small layout)."""
     from pigeon_bench.data.demo import DemoSizes, write_demo_world
 
-    if min(themes, users, movies_per_genre) < 2 or image_size < 32:
-        raise UserError("demo sizes too small: themes, users, movies-per-genre >= 2 and image-size >= 32")
     sizes = DemoSizes(themes=themes, users=users, movies_per_genre=movies_per_genre, image_size=image_size)
     paths = write_demo_world(out, seed=seed, sizes=sizes)
     for scenario, path in paths.items():
@@ -142,12 +154,13 @@ def data_import_official(
     images: Annotated[Path | None, typer.Option(
         help="Image folder that all_image_paths.npy is relative to (default: ../Images for stickers, "
              "../poster for movies).")] = None,
+    force: _Force = False,
 ) -> None:
     """Import the official Pigeon data (pickled numpy files: only import files you trust)."""
     from pigeon_bench.data.official import import_official
 
-    result = import_official(src, scenario, out, images=images)
-    _print_dataset_stats(result.stats, f"{scenario} dataset imported to {result.out}")
+    result = import_official(src, scenario, out, images=images, force=force)
+    _report(result, scenario, "imported to")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,8 @@ from typing import Literal, TypeVar
 import numpy as np
 import pandas as pd
 
-from pigeon_bench.data.model import N_HISTORY, SPLITS, write_dataset
+from pigeon_bench import fileio
+from pigeon_bench.data.model import DATASET_FILES, N_HISTORY, SPLITS, dataset_files
 from pigeon_bench.errors import UserError
 
 WINDOW = N_HISTORY + 1  # 5 history items + the target
@@ -27,11 +28,56 @@ T = TypeVar("T")
 
 @dataclass
 class BuildResult:
-    """What a builder wrote: the dataset folder, its stats and what it dropped on the way."""
+    """What a builder wrote: the dataset folder, its stats and what it dropped on the way; ``written`` is
+    False when the folder already held exactly this dataset."""
 
     out: Path
     stats: dict
     dropped: dict[str, int] = field(default_factory=dict)
+    written: bool = True
+
+
+def check_seed(seed: int) -> int:
+    """A seed numpy accepts (0 or more)."""
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
+    return seed
+
+
+def check_out(out: Path) -> set[str]:
+    """The dataset files ``out`` holds now. Refused: a file, a folder that is not writable, or a folder
+    holding anything else (it is replaced whole, so it must hold a dataset or nothing)."""
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if not os.access(out, os.R_OK | os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is a folder you cannot write to")
+    names = {p.name for p in out.iterdir()}
+    other = sorted(names - set(DATASET_FILES))
+    if other:
+        raise UserError(f"--out {out} holds {len(other)} file(s) that are not part of a dataset (e.g. "
+                        f"{other[0]!r}): choose a new or empty folder")
+    return names
+
+
+def install_dataset(out: Path, files: dict[str, bytes], force: bool) -> bool:
+    """Put the dataset ``files`` in place as a whole folder (written beside ``out``, then swapped in).
+
+    Returns False, writing nothing, when ``out`` holds exactly these files already; a different dataset
+    there is replaced only with ``force``.
+    """
+    held = check_out(out)
+    if held:
+        if held == set(files) and all((out / n).read_bytes() == data for n, data in files.items()):
+            return False
+        if not force:
+            raise UserError(f"--out {out} already holds a different dataset: pass --force to replace it, "
+                            "or choose another folder")
+    with fileio.whole_dir(out, "the dataset folder") as tmp:
+        for name, data in files.items():
+            fileio.write_bytes(tmp / name, data)
+    return True
 
 
 def sliding_windows(sequence: Sequence[str], size: int = WINDOW) -> list[tuple[tuple[str, ...], str]]:
@@ -157,19 +203,24 @@ def finish(
     items: pd.DataFrame,
     samples: pd.DataFrame,
     dropped: dict[str, int],
+    *,
+    no_samples: str,
+    force: bool = False,
     **extra,
 ) -> BuildResult:
-    """Keep the items the samples use (in item order), check ids, compute the stats and write the folder."""
+    """Keep the items the samples use (in item order), check ids, compute the stats and put the folder in
+    place (see ``install_dataset``). ``no_samples`` says why, should there be no sample."""
     if samples.empty:
-        raise UserError(f"no samples: no {scenario} user has {WINDOW} or more usable interactions")
+        raise UserError(f"no samples: {no_samples}")
     used = used_item_ids(samples)
     unknown = used - set(items["item_id"])
     if unknown:
         raise UserError(f"samples mention {len(unknown)} unknown item id(s), e.g. {sorted(unknown)[0]!r}")
     items = items[items["item_id"].isin(used)].reset_index(drop=True)
     stats = dataset_stats(scenario, samples, dropped=dict(dropped), **extra)
-    write_dataset(out, items, samples, stats)
-    return BuildResult(Path(out), stats, dict(dropped))
+    files, stats = dataset_files(items, samples, stats)
+    written = install_dataset(Path(out), files, force)
+    return BuildResult(Path(out), stats, dict(dropped), written)
 
 
 def pick_other_group_references(

@@ -22,9 +22,10 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pigeon_bench import artifacts, fileio
-from pigeon_bench.data.build import progress
+from pigeon_bench.data.build import check_seed, progress
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.data.sticker import EMOTIONS
+from pigeon_bench.errors import UserError
 
 DEMO_VERSION = 2  # bump when the drawings or the sizes change: the cache key includes it
 
@@ -66,15 +67,36 @@ TITLE_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+TITLE_TEMPLATES = ("The {a} {b}", "{a} of the {b}", "{a} {b}", "Return to {a}")
+DEMO_MARKER = "pigeon-bench-demo.json"  # in each folder of a demo world: what made it
+MAX_IMAGE_SIZE = 2048
+
+
+def _titles_per_genre() -> int:
+    """How many different titles the templates make from a genre's words (two different words each)."""
+    return min(len({t.format(a=a, b=b) for t in TITLE_TEMPLATES for a in words for b in words if a != b})
+               for words in TITLE_WORDS.values())
+
+
 @dataclass(frozen=True)
 class DemoSizes:
-    """Sizes of the demo world (defaults: ~18 test samples per scenario)."""
+    """Sizes of the demo world (defaults: ~18 test samples per scenario); impossible sizes are refused."""
 
     themes: int = 28
     users: int = 20
     movies_per_genre: int = 8
     image_size: int = 256
     posters_missing: int = 2  # movies with ratings but no poster, to exercise --images
+
+    def __post_init__(self) -> None:
+        limits = {"themes": (2, len(CHARACTERS) * len(PALETTES) * len(STYLES)), "users": (2, None),
+                  "movies_per_genre": (2, _titles_per_genre()), "image_size": (32, MAX_IMAGE_SIZE),
+                  "posters_missing": (0, len(GENRES) * self.movies_per_genre - 1)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bounds = f"{low}..{high}" if high is not None else f"{low} or more"
+                raise UserError(f"demo {name.replace('_', '-')} must be {bounds}, got {value}")
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -247,7 +269,7 @@ def write_demo_stickers(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()
     out = Path(out)
     rng = _rng(seed, 1)
     combos = [(c, p, st) for c in CHARACTERS for p in PALETTES for st in STYLES]
-    picks = rng.choice(len(combos), size=min(sizes.themes, len(combos)), replace=False)
+    picks = rng.choice(len(combos), size=sizes.themes, replace=False)
     annotations: dict[str, list[dict]] = {"train.json": [], "val.json": [], "test.json": []}
     jobs = []
     for t, pick in enumerate(picks.tolist()):
@@ -386,8 +408,7 @@ def write_demo_movies(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()) 
             words = TITLE_WORDS[genre]
             while True:
                 a, b = rng.choice(len(words), size=2, replace=False)
-                name = str(rng.choice(["The {a} {b}", "{a} of the {b}", "{a} {b}", "Return to {a}"])).format(
-                    a=words[a], b=words[b])
+                name = str(rng.choice(TITLE_TEMPLATES)).format(a=words[a], b=words[b])
                 if name not in used_titles:
                     used_titles.add(name)
                     break
@@ -438,10 +459,32 @@ def _write_csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def write_demo_world(out: str | Path, seed: int = 0, sizes: DemoSizes = DemoSizes()) -> dict[str, Path]:
-    """Write ``out/ser30k/`` (SER30K layout) and ``out/ml-latest-small/`` (CSVs + posters/<movieId>.jpg)."""
+    """Write ``out/ser30k/`` (SER30K layout) and ``out/ml-latest-small/`` (CSVs + posters/<movieId>.jpg).
+
+    Each folder is written whole (beside, then swapped in), replacing an earlier demo world there; a folder
+    of other data is refused.
+    """
     out = Path(out)
-    return {"sticker": write_demo_stickers(out / "ser30k", seed, sizes),
-            "movie": write_demo_movies(out / "ml-latest-small", seed, sizes)}
+    check_seed(seed)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    writers = {"sticker": ("ser30k", write_demo_stickers), "movie": ("ml-latest-small", write_demo_movies)}
+    for name, _ in writers.values():
+        folder = out / name
+        if folder.exists() and not _replaceable(folder):
+            raise UserError(f"{folder} holds data that is not a demo world (no {DEMO_MARKER}): choose "
+                            "another --out")
+    marker = {"version": DEMO_VERSION, "seed": seed, "sizes": dataclasses.asdict(sizes)}
+    for name, writer in writers.values():
+        with fileio.whole_dir(out / name, "the demo world folder") as tmp:
+            writer(tmp, seed, sizes)
+            fileio.write_json(tmp / DEMO_MARKER, marker)
+    return {scenario: out / name for scenario, (name, _) in writers.items()}
+
+
+def _replaceable(folder: Path) -> bool:
+    """An empty folder, or one an earlier ``write_demo_world`` wrote."""
+    return folder.is_dir() and (not any(folder.iterdir()) or (folder / DEMO_MARKER).is_file())
 
 
 def build_demo_datasets(world: Path, out: Path, seed: int = 0,

@@ -1,4 +1,9 @@
-"""The data model: items, samples and a built dataset folder (items.parquet, samples.parquet, stats.json)."""
+"""The data model: items, samples and a built dataset folder (items.parquet, samples.parquet, stats.json).
+
+stats.json records the sha256 of the two tables (``sha256``); a folder whose tables are not the recorded
+ones (an interrupted write, a file copied in from another build) is refused when a table is read. Folders
+written before the digests existed load unchecked.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ SAMPLE_COLUMNS = [
     "sample_id", "user_id", "history", "target_id", "reference_id", "split", "instruction",
 ]
 SPLITS = ("train", "valid", "test")
+TABLES = ("items.parquet", "samples.parquet")
+DATASET_FILES = (*TABLES, "stats.json")
 N_HISTORY = 5
 
 
@@ -47,15 +54,26 @@ class Dataset:
 
     @cached_property
     def items_df(self) -> pd.DataFrame:
-        return fileio.read_parquet(self.root / "items.parquet", ITEM_COLUMNS)
+        return self._table("items.parquet", ITEM_COLUMNS)
 
     @cached_property
     def samples_df(self) -> pd.DataFrame:
-        return fileio.read_parquet(self.root / "samples.parquet", SAMPLE_COLUMNS)
+        return self._table("samples.parquet", SAMPLE_COLUMNS)
+
+    def _table(self, name: str, columns: list[str]) -> pd.DataFrame:
+        """A table, checked against the sha256 that stats.json records (when it records one)."""
+        recorded = self.stats.get("sha256", {}) if (self.root / "stats.json").is_file() else {}
+        if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+            raise UserError(f"{self.root / 'stats.json'}: 'sha256' is not a map of file names to digests")
+        return fileio.read_parquet(self.root / name, columns, digest=recorded.get(name))
 
     @cached_property
     def stats(self) -> dict:
-        return fileio.read_json(self.root / "stats.json")
+        stats = fileio.read_json(self.root / "stats.json")
+        if not isinstance(stats, dict):
+            found = type(stats).__name__
+            raise UserError(f"{self.root / 'stats.json'}: expected a JSON object, found {found}")
+        return stats
 
     @cached_property
     def items(self) -> dict[str, Item]:
@@ -111,14 +129,27 @@ class Dataset:
         return self.stats.get("scenario")
 
 
-def write_dataset(out: str | Path, items: pd.DataFrame, samples: pd.DataFrame, stats: dict) -> None:
-    """Write a dataset folder deterministically; each file goes through a temporary path and a rename.
+def dataset_files(items: pd.DataFrame, samples: pd.DataFrame, stats: dict) -> tuple[dict[str, bytes], dict]:
+    """The bytes of a dataset folder's files (stats.json last), and the stats with the tables' sha256.
 
     Items may carry extra metadata columns after the required ones (e.g. theme/emotion, title/genres).
+    Identical input gives identical bytes.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     item_columns = ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]
-    fileio.write_parquet(out / "items.parquet", items[item_columns].reset_index(drop=True))
-    fileio.write_parquet(out / "samples.parquet", samples[SAMPLE_COLUMNS].reset_index(drop=True))
-    fileio.write_json(out / "stats.json", stats)
+    tables = {"items.parquet": fileio.parquet_bytes(items[item_columns].reset_index(drop=True)),
+              "samples.parquet": fileio.parquet_bytes(samples[SAMPLE_COLUMNS].reset_index(drop=True))}
+    stats = {**stats, "sha256": {name: fileio.sha256(data) for name, data in tables.items()}}
+    return {**tables, "stats.json": fileio.json_bytes(stats)}, stats
+
+
+def write_dataset(out: str | Path, items: pd.DataFrame, samples: pd.DataFrame, stats: dict) -> dict:
+    """Write the dataset files into ``out`` one by one, keeping its other content (e.g. an images folder);
+    returns the stats written. stats.json goes last, so an interrupted write leaves tables that stats.json
+    does not record, which Dataset refuses. The builders put a whole folder in place instead
+    (``pigeon_bench.data.build.install_dataset``)."""
+    out = Path(out)
+    files, stats = dataset_files(items, samples, stats)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        fileio.write_bytes(out / name, data)
+    return stats

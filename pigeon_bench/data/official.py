@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pigeon_bench.data.build import WINDOW, BuildResult, finish, image_dir_for
+from pigeon_bench.data.build import WINDOW, BuildResult, check_out, finish, image_dir_for
 from pigeon_bench.errors import UserError
 
 SPLIT_FILES = {"train": "train.npy", "valid": "valid.npy", "test": "test.npy"}
@@ -69,14 +69,17 @@ def import_official(
     out: str | Path,
     images: str | Path | None = None,
     relative_paths: bool = False,
+    force: bool = False,
 ) -> BuildResult:
-    """Convert an official ``processed_seq`` folder into a dataset folder; image paths join ``images``."""
+    """Convert an official ``processed_seq`` folder into a dataset folder; image paths join ``images``. An
+    existing different dataset in ``out`` is replaced only with ``force``."""
     from pigeon_bench.scenarios import scenarios
 
     instruction = scenarios.get(scenario).instruction
     if scenario not in DEFAULT_IMAGE_FOLDER:
         raise UserError(f"no official layout for scenario {scenario!r} (known: sticker, movie)")
     src, out = Path(src), Path(out)
+    check_out(out)
     if not src.is_dir():
         raise UserError(f"official data folder not found: {src}")
     image_root = Path(images) if images is not None else src.parent / DEFAULT_IMAGE_FOLDER[scenario]
@@ -93,11 +96,15 @@ def import_official(
             if not isinstance(groups, dict):
                 raise UserError(f"{path}: user {uid!r} maps to {type(groups).__name__}, expected a dict")
             for gid, windows in groups.items():
+                if not isinstance(windows, (list, tuple, np.ndarray)):
+                    raise UserError(f"{path}: user {uid!r} group {gid!r} maps to {type(windows).__name__}, "
+                                    "expected a list of windows")
                 for k, window in enumerate(windows):
-                    ids = np.asarray(window).tolist()
-                    if not isinstance(ids, list) or len(ids) != WINDOW:
+                    ids = window.tolist() if isinstance(window, np.ndarray) else window
+                    if not isinstance(ids, (list, tuple)) or len(ids) != WINDOW:
                         raise UserError(f"{path}: user {uid!r} group {gid!r} window {k} is not {WINDOW} ids")
-                    bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < len(paths)]
+                    ids = [i.item() if isinstance(i, np.generic) else i for i in ids]  # numpy scalars
+                    bad = [i for i in ids if type(i) is not int or not 0 <= i < len(paths)]
                     if bad:
                         raise UserError(f"{path}: user {uid!r} group {gid!r} window {k}: item id {bad[0]!r} "
                                         f"outside 0..{len(paths) - 1}")
@@ -126,5 +133,6 @@ def import_official(
     used = set(samples["history"].explode()) | set(samples["target_id"])
     missing = sum(1 for i, p in zip(items["item_id"], paths, strict=True)
                   if i in used and not (image_root / p).is_file())
-    return finish(scenario, out, items, samples, {}, source="official Pigeon processed_seq",
-                  images_missing=missing)
+    no_samples = f"{', '.join(SPLIT_FILES.values())} in {src} hold no windows"
+    return finish(scenario, out, items, samples, {}, no_samples=no_samples, force=force,
+                  source="official Pigeon processed_seq", images_missing=missing)

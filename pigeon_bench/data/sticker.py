@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -21,6 +21,8 @@ from pigeon_bench.data.build import (
     WINDOW,
     BuildResult,
     SplitMode,
+    check_out,
+    check_seed,
     finish,
     image_dir_for,
     pick_other_group_references,
@@ -92,16 +94,35 @@ def read_annotations(paths: Sequence[Path]) -> tuple[pd.DataFrame, dict[int, str
             missing = [k for k in ("topic", "file_name", "anno") if k not in entry]
             if missing:
                 raise UserError(f"{path}: annotation {i} lacks {', '.join(missing)}")
-            try:
-                label = int(entry["anno"])
-            except (TypeError, ValueError):
-                raise UserError(f"{path}: annotation {i}: 'anno' is not an integer: {entry['anno']!r}") \
-                    from None
+            label = _whole(entry["anno"])
+            if label is None:
+                raise UserError(f"{path}: annotation {i}: 'anno' is not an integer: {entry['anno']!r}")
+            topic, file_name = str(entry["topic"]), str(entry["file_name"])
+            for key, value in (("topic", topic), ("file_name", file_name)):
+                if not _inside(value):
+                    raise UserError(f"{path}: annotation {i}: {key} {value!r} is not a path inside Images/")
             text = entry.get("text") or ""
-            rows.append({"topic": str(entry["topic"]), "file_name": str(entry["file_name"]), "anno": label,
-                         "text": str(text), "source": path.name})
+            rows.append({"topic": topic, "file_name": file_name, "anno": label, "text": str(text),
+                         "source": path.name})
     df = pd.DataFrame(rows, columns=["topic", "file_name", "anno", "text", "source"])
     return df, names
+
+
+def _whole(value: object) -> int | None:
+    """An integer label given as 3, 3.0 or "3"; None for anything else (2.5, true, "happy")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else None
+
+
+def _inside(name: str) -> bool:
+    """A relative path that stays inside its folder (not empty, not absolute, no '..')."""
+    path = PurePosixPath(name)
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
 
 
 def read_exclusions(path: Path) -> set[str]:
@@ -120,20 +141,30 @@ def build_sticker(
     exclude: str | Path | None = None,
     emotion_names: Sequence[str] | None = None,
     relative_paths: bool = False,
+    force: bool = False,
 ) -> BuildResult:
-    """Build the sticker dataset from a SER30K-layout folder (Annotations/*.json, Images/<topic>/<file>)."""
+    """Build the sticker dataset from a SER30K-layout folder (Annotations/*.json, Images/<topic>/<file>).
+
+    An existing different dataset in ``out`` is replaced only with ``force``.
+    """
     from pigeon_bench.scenarios import scenarios
 
     raw, out = Path(raw), Path(out)
+    check_seed(seed)
+    check_out(out)
     if not raw.is_dir():
         raise UserError(f"SER30K folder not found: {raw}")
     images_root = raw / "Images"
     if not images_root.is_dir():
         raise UserError(f"missing folder: {images_root}")
     annos, file_names = read_annotations(find_annotations(raw))
+    if annos.empty:
+        raise UserError(f"{raw / 'Annotations'}: the annotation files list no stickers")
     if emotion_names is not None:
         if len(emotion_names) != len(EMOTIONS):
             raise UserError(f"--emotion-names needs {len(EMOTIONS)} names, got {len(emotion_names)}")
+        if not all(emotion_names) or len(set(emotion_names)) != len(emotion_names):
+            raise UserError(f"--emotion-names needs {len(EMOTIONS)} different, non-empty names")
         names = {i + 1: n for i, n in enumerate(emotion_names)}
     else:
         names = file_names or {i + 1: n for i, n in enumerate(EMOTIONS)}
@@ -148,13 +179,21 @@ def build_sticker(
     pairs = zip(annos["topic"], annos["file_name"], strict=True)
     exists_s = pd.Series([(images_root / t / f).is_file() for t, f in pairs], index=annos.index, dtype=bool)
     dropped["stickers_without_image"] = int((~exists_s).sum())
+    if not exists_s.any():
+        first = annos.iloc[0]
+        example = images_root / first["topic"] / first["file_name"]
+        raise UserError(f"no annotated sticker has its image file (e.g. {example} is missing)")
     annos = annos[exists_s]
     excluded = read_exclusions(Path(exclude)) if exclude is not None else set()
     is_excluded = annos["topic"].isin(excluded)
     dropped["themes_excluded"] = int(annos.loc[is_excluded, "topic"].nunique())
+    if is_excluded.all():
+        raise UserError(f"--exclude {exclude} leaves out every theme")
     annos = annos[~is_excluded]
     sizes = annos.groupby("topic")["file_name"].transform("size")
     dropped["themes_too_small"] = int(annos.loc[sizes < WINDOW, "topic"].nunique())
+    no_samples = (f"no theme has {WINDOW} or more stickers with an image file (the largest has "
+                  f"{int(sizes.max())})")
     annos = annos[sizes >= WINDOW]
 
     # Fixed order: themes by name, stickers by natural file-name order; item ids number them in that order.
@@ -177,5 +216,6 @@ def build_sticker(
     samples = windows_to_samples(sequences, scenarios.get("sticker").instruction, split_mode, seed)
     theme_of = dict(zip(annos["item_id"], annos["topic"], strict=True))
     samples["reference_id"] = pick_other_group_references(samples, theme_of, REFERENCE_FROM_OTHER_THEME, seed)
-    return finish("sticker", out, items, samples, dropped, split_mode=split_mode, seed=seed, source="SER30K",
+    return finish("sticker", out, items, samples, dropped, no_samples=no_samples, force=force,
+                  split_mode=split_mode, seed=seed, source="SER30K",
                   emotions={str(k): v for k, v in sorted(names.items())})

@@ -149,4 +149,36 @@ def inspect_cmd(
                         f"{'missing ' + bad[0] if report['missing'] else bad[0]}")
 
 
-COMMANDS = {"train": train_app, "pigeon": app}
+reproduce_app = typer.Typer(help="The paper's experiments in one command (Table 1, Table 3, Fig. 4 (a)-(e)).",
+                            rich_markup_mode=None, invoke_without_command=True)
+
+
+@reproduce_app.callback()
+def reproduce_cmd(
+    scenario: Annotated[str | None, typer.Option(help="sticker or movie (or the config's).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Experiment TOML file (as for `run`).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder; default: the offline demo world (tiny profile).")] = None,
+    profile: Annotated[str | None, typer.Option(help="paper or tiny (default as for `run`).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many samples per split.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output root (default runs); the report folder is "
+                                                  "OUT/<scenario>/reproduce/.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    stage2: Annotated[Path | None, typer.Option(
+        help="Pigeon's stage-2 (DPO) checkpoint for Fig. 4 (e); default: trained from stage 1 where the "
+             "profile trains what is missing.")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="METHOD.KEY=VALUE or KEY=VALUE, as for `run`.")] = None,
+) -> None:
+    """Run the paper's experiments and write one report folder (tables, Fig. 4 plots, paired CIs)."""
+    from pigeon.reproduce import reproduce
+    from pigeon_bench.runs import experiment
+
+    exp = experiment(config, option or [], scenario=scenario, data=data, profile=profile, limit=limit,
+                     out=out, device=device)
+    result = reproduce(exp, stage2=stage2)
+    typer.echo("\n".join(str(f) for f in result.files))
+    typer.echo(f"report folder: {result.folder}", err=True)
+
+
+COMMANDS = {"train": train_app, "pigeon": app, "reproduce": reproduce_app}

@@ -17,6 +17,9 @@ import typer
 
 from pigeon_bench.errors import UserError
 
+# Click's usage errors (an option value that does not parse, an unknown option), reached through typer's public
+# BadParameter: printed as one line like every other bad input.
+_USAGE_ERROR = typer.BadParameter.__base__
 # Modules of the method packages whose ``COMMANDS`` ({name: typer.Typer}) become command groups.
 METHOD_COMMANDS = ("pigeon.cli", "baselines.cli")
 
@@ -42,6 +45,9 @@ class App(typer.core.TyperGroup):
             return super().invoke(ctx)
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(UserError.exit_code) from None
+        except _USAGE_ERROR as exc:
+            typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
             raise typer.Exit(UserError.exit_code) from None
         except OSError as exc:
             line = _os_error_line(exc)

@@ -100,7 +100,9 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
         session = sessions.pop(method)
         gspec = replace(template, method=method, device=device, options=exp.method_options(method),
                         sweep=type(session.generator).supports_alpha_r)
-        _run_method(gspec, root, session, scorer if ranks.main else None, has_valid, log)
+        out = root / method_dirname(method)
+        valid_out = root / "valid" / method_dirname(method) if gspec.sweep and has_valid else None
+        run_method(gspec, out, session, scorer if ranks.main else None, valid_out, log)
         del session
         ranks.barrier()  # rank 0 has scored and selected this method
     if not ranks.main:
@@ -112,13 +114,13 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
     return text, path
 
 
-def _run_method(gspec: GenerateSpec, root: Path, session: MethodSession, scorer, has_valid: bool,
-                log: Callable[[str], None]) -> list[RunFolder]:
-    """One method of ``run``: its test run (a sweep, plus a valid sweep if possible), scored and selected."""
+def run_method(gspec: GenerateSpec, out: Path, session: MethodSession, scorer, valid_out: Path | None = None,
+               log: Callable[[str], None] = console.print) -> list[RunFolder]:
+    """One method's test run at ``out`` (a sweep, with a valid-split sweep at ``valid_out`` if given),
+    generated, scored and selected; returns the scored folders (none on ranks other than 0: ``scorer``
+    None)."""
     start = time.perf_counter()
-    out = root / method_dirname(gspec.method)
     manifests = [generate(gspec, out, session)]
-    valid_out = root / "valid" / method_dirname(gspec.method) if gspec.sweep and has_valid else None
     if valid_out is not None:
         manifests.append(generate(replace(gspec, split="valid"), valid_out, session))
     generated_s = time.perf_counter() - start

@@ -17,8 +17,8 @@ import typer
 
 from pigeon_bench.errors import UserError
 
-# Click's usage errors (an option value that does not parse, an unknown option), reached through typer's public
-# BadParameter: printed as one line like every other bad input.
+# Click's usage errors (an option value that does not parse, an unknown option), reached through typer's
+# public BadParameter: printed as one line like every other bad input.
 _USAGE_ERROR = typer.BadParameter.__base__
 # Modules of the method packages whose ``COMMANDS`` ({name: typer.Typer}) become command groups.
 METHOD_COMMANDS = ("pigeon.cli", "baselines.cli")

@@ -162,11 +162,14 @@ def reproduce_cmd(
     profile: Annotated[str | None, typer.Option(help="paper or tiny (default as for `run`).")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many samples per split.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output root (default runs); the report folder is "
-                                                  "OUT/<scenario>/reproduce/.")] = None,
+                                                  "OUT/reproduce/<scenario>/.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
     stage2: Annotated[Path | None, typer.Option(
         help="Pigeon's stage-2 (DPO) checkpoint for Fig. 4 (e); default: trained from stage 1 where the "
              "profile trains what is missing.")] = None,
+    variant: Annotated[list[str] | None, typer.Option(
+        help="NAME=CKPT (repeatable): a training variant's stage-1 checkpoint, e.g. "
+             "'w/o encoding=ckpt/noenc' (needed where the profile does not train what is missing).")] = None,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="METHOD.KEY=VALUE or KEY=VALUE, as for `run`.")] = None,
 ) -> None:
@@ -176,7 +179,10 @@ def reproduce_cmd(
 
     exp = experiment(config, option or [], scenario=scenario, data=data, profile=profile, limit=limit,
                      out=out, device=device)
-    result = reproduce(exp, stage2=stage2)
+    from pigeon_bench.reports import parse_named_run
+
+    checkpoints = dict(parse_named_run(v) for v in variant or [])
+    result = reproduce(exp, stage2=stage2, checkpoints=checkpoints)
     typer.echo("\n".join(str(f) for f in result.files))
     typer.echo(f"report folder: {result.folder}", err=True)
 

@@ -10,7 +10,9 @@
 
 Every variant is Pigeon with other options (``pigeon.generators.PigeonGenerator``): where the profile trains
 what is missing (tiny), each variant's stage-1 checkpoint is trained with its own settings (cached); in the
-paper profile give the checkpoints with ``-o pigeon.checkpoint=...`` (and ``variants``). Everything resumes:
+paper profile Pigeon's checkpoint comes with ``-o pigeon.checkpoint=...`` and each variant's with
+``checkpoints={variant name: folder}`` (``--variant NAME=CKPT``), trained with the matching switches of
+``pigeon-bench train sft``. Everything resumes:
 generation, scoring, training and selection each skip what is already done. What the runs show is reported as
 measured; on the tiny profile no claim of the paper has to hold.
 """
@@ -53,25 +55,37 @@ class Reproduction:
     files: list[Path] = field(default_factory=list)
 
 
-def reproduce(exp: Experiment, stage2: Path | None = None,
+def reproduce(exp: Experiment, stage2: Path | None = None, dpo: dict[str, Any] | None = None,
+              checkpoints: dict[str, Path] | None = None,
               log: Callable[[str], None] = console.print) -> Reproduction:
     """Run the paper's experiments for ``exp`` (its scenario, data, profile, options) and write the report
-    folder ``OUT/<scenario>/reproduce/``. ``stage2``: Pigeon's stage-2 checkpoint (default: trained from its
-    stage-1 one where the profile trains what is missing)."""
+    folder ``OUT/reproduce/<scenario>/`` (the ablation runs under its ``runs/``; Table 1's runs are
+    ``OUT/<scenario>/``, as ``run`` writes them). ``stage2``: Pigeon's stage-2 checkpoint (default: trained
+    from its stage-1 one where the profile trains what is missing, with ``DPO_TINY`` updated by ``dpo``);
+    ``checkpoints``: each training variant's stage-1 checkpoint, needed where the profile does not train."""
     text, report = run(exp, log=log)
     data, data_profile = resolve_data(exp)
     profile = resolve_profile(exp, [PIGEON], data_profile)
     dataset = Dataset(data)
     root = Path(exp.out) / exp.scenario
-    dest = root / "reproduce"
+    dest = Path(exp.out) / "reproduce" / exp.scenario
     scorer = make_scorer(profile, exp.device, exp.weights)
     base = exp.method_options(PIGEON)
     template = GenerateSpec(data=data, method=PIGEON, limit=exp.limit, seed=exp.seed, profile=profile,
                             device=exp.device, dtype=exp.dtype, batch_size=exp.batch_size, sweep=True)
 
+    needed = [*TABLE3, *(n for _, variants in FIG4.values() for n in variants)]
+    missing = [n for n in needed if n not in (checkpoints or {})]
+    if not profile.trains_missing and missing:
+        raise UserError(f"reproduce in the {profile.name} profile needs each training variant's checkpoint "
+                        "(train them with the switches of `pigeon-bench train sft`): --variant NAME=CKPT "
+                        f"for {', '.join(repr(n) for n in missing)}")
+
     def variant(name: str, options: dict[str, Any]) -> Sweep:
         """Pigeon with ``options`` on the test split: a scored sweep and its test-time selection."""
-        out = root / "ablations" / _slug(name)
+        if name in (checkpoints or {}):
+            options = {**options, "checkpoint": str(checkpoints[name])}
+        out = dest / "runs" / _slug(name)
         session = MethodSession(create_generator(PIGEON, profile, exp.device, exp.dtype,
                                                  {**base, **options}, dataset))
         run_method(replace(template, options={**base, **options}), out, session, scorer, log=log)
@@ -92,11 +106,13 @@ def reproduce(exp: Experiment, stage2: Path | None = None,
         files.append(plot_sweeps([f"Pigeon={pigeon.path}", *(f"{n}={s.path}" for n, s in lines)],
                                  dest / f"fig4{panel}.png", METRICS))
         sections.append(_comparisons(f"Fig. 4 ({panel}): {title}", pigeon, lines))
-    files.append(_alpha_h(root / "ablations" / "alpha_h", template, base, profile, dataset, exp, scorer,
+    files.append(_alpha_h(dest / "runs" / "alpha_h", template, base, profile, dataset, exp, scorer,
                           dest / "fig4b.png", log))
-    dpo = variant("stage 2", {"checkpoint": str(stage2 or _stage2(base, profile, dataset, exp))})
-    files.append(plot_sweeps([f"stage 1={pigeon.path}", f"stage 2={dpo.path}"], dest / "fig4e.png", METRICS))
-    sections.append(_comparisons("Fig. 4 (e): stage 1 vs stage 2", pigeon, [("stage 2", dpo)]))
+    stage2 = stage2 or _stage2(base, profile, dataset, exp, DPO_TINY | (dpo or {}))
+    dpo_run = variant("stage 2", {"checkpoint": str(stage2)})
+    files.append(plot_sweeps([f"stage 1={pigeon.path}", f"stage 2={dpo_run.path}"], dest / "fig4e.png",
+                             METRICS))
+    sections.append(_comparisons("Fig. 4 (e): stage 1 vs stage 2", pigeon, [("stage 2", dpo_run)]))
     files.append(_write(dest / "fig4.md", "\n".join(sections)))
     files.append(_write(dest / "README.md", _index(exp, profile.notice, files)))
     return Reproduction(dest, files)
@@ -138,10 +154,11 @@ def _alpha_h(folder: Path, template: GenerateSpec, base: dict[str, Any], profile
         session.generator.ctx.options["alpha_h"] = a  # an inference-time option: the loaded model is reused
         run_method(replace(template, sweep=False, alpha_r=0.5, options={**base, "alpha_h": a}),
                    folder / param_dirname("alpha_h", a), session, scorer, log=log)
-    return plot_sweeps([f"Pigeon (α_r=0.5)={folder}"], png, METRICS)
+    return plot_sweeps([f"Pigeon at α_r 0.5={folder}"], png, METRICS)
 
 
-def _stage2(base: dict[str, Any], profile, dataset: Dataset, exp: Experiment) -> Path:
+def _stage2(base: dict[str, Any], profile, dataset: Dataset, exp: Experiment,
+            settings: dict[str, Any]) -> Path:
     """The stage-2 (DPO) checkpoint trained from Pigeon's stage-1 checkpoint (cached)."""
     from pigeon.train import DPOSpec, train_dpo
 
@@ -151,7 +168,6 @@ def _stage2(base: dict[str, Any], profile, dataset: Dataset, exp: Experiment) ->
     gen = create_generator(PIGEON, profile, exp.device, exp.dtype, base, dataset)
     gen.prepare([])
     init = Path(gen.checkpoint)
-    settings = DPO_TINY
     spec = {"data": dataset.digest, "init": str(init), "backbone": gen.opt("backbone"), **settings}
 
     def build(out: Path) -> None:

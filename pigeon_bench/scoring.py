@@ -544,6 +544,14 @@ def _run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:
     return [s for sid, s in by_id.items() if sid in ids]
 
 
+def recorded_preprocess(runs: Sequence[RunFolder]) -> dict:
+    """The Scorer arguments of the preprocessing the first scored one of ``runs`` records ({}: none)."""
+    for run in runs:
+        if run.has_summary():
+            return pre.from_record(run.read_summary().get("preprocess")) or {}
+    return {}
+
+
 def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: Profile | str = PAPER,
               device: str = "cpu", batch_size: int = 16, cache_dir: str | Path | None = None) -> dict:
     """Convenience wrapper: a one-off Scorer for one run folder."""

@@ -202,19 +202,19 @@ class Preprocess:
         return f"preprocessing {self.id} ({self.mode.summary}), not the official evaluation's"
 
 
-def resolve(mode: str | Preprocess | None = None, profile: Profile | None = None,
+def resolve(preprocess: str | Preprocess | None = None, profile: Profile | None = None,
             resize: ResizeSpec | int | str | None = "mode", fid: str | None = None,
             dino_items: str | None = None) -> Preprocess:
-    """The one place a preprocessing mode is resolved: ``mode`` (None: the profile's default), ``resize``
-    ("mode": the mode's default; None keeps the original sizes), ``fid`` (an implementation) and
-    ``dino_items`` (official mode: ``resized`` or ``original``)."""
-    if isinstance(mode, Preprocess):
-        return mode
-    if mode is None:
+    """The one place a preprocessing mode is resolved: ``preprocess`` (a mode name; None: the profile's
+    default), ``resize`` ("mode": the mode's default; None keeps the original sizes), ``fid`` (an
+    implementation) and ``dino_items`` (official mode: ``resized`` or ``original``)."""
+    if isinstance(preprocess, Preprocess):
+        return preprocess
+    if preprocess is None:
         if profile is None:
             raise ValueError("resolve() needs a mode or a profile")
-        mode = DEFAULT_MODE.get(profile)
-    rules = modes.get(mode)
+        preprocess = DEFAULT_MODE.get(profile)
+    rules = modes.get(preprocess)
     if isinstance(resize, str):
         if resize != "mode":
             raise UserError(f"resize must be a number of pixels, got {resize!r}")
@@ -229,12 +229,13 @@ def resolve(mode: str | Preprocess | None = None, profile: Profile | None = None
 
 
 def from_record(record: Any) -> dict[str, Any] | None:
-    """``resolve``'s arguments for a summary's recorded preprocessing (None: not a recorded mode)."""
+    """``resolve``'s (and ``Scorer``'s) arguments for a summary's recorded preprocessing (None: not a
+    recorded mode)."""
     if not isinstance(record, dict) or record.get("mode") not in modes:
         return None
     rules = modes.get(record["mode"])
     resize = ResizeSpec(record.get("resize"), record.get("interpolation", "bilinear"))
-    return {"mode": rules.name, "resize": resize, "fid": record.get("fid"),
+    return {"preprocess": rules.name, "resize": resize, "fid": record.get("fid"),
             "dino_items": record.get("dino_items") if "dino_items" in rules.options else None}
 
 

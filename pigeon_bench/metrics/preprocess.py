@@ -122,7 +122,7 @@ class Mode:
 
 OFFICIAL = Mode("official", "the official evaluation's inputs per metric and role", ALPHA_CONVERT, ORIGINAL,
                 FidInput(PYTORCH_FID), "float32", OFFICIAL_SIZE, options=("dino_items",))
-CLEAN = Mode("clean", "one path for every role (alpha on white, one resize, torch-fidelity FID)", ALPHA_WHITE,
+CLEAN = Mode("clean", "one path for every role: alpha on white, one resize, torch-fidelity FID", ALPHA_WHITE,
              RESIZED, FidInput(TORCH_FIDELITY), "float32", OFFICIAL_SIZE)
 FAST = Mode("fast", "demo shortcut: one small resize for every role, FID Inception at 75 px", ALPHA_WHITE,
             RESIZED, FidInput(TORCH_FIDELITY, FID_MIN_SIZE), "float16", None)

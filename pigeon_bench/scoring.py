@@ -131,7 +131,8 @@ class Scorer:
         self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
         self._msssim_bytes = 0
         self._file_digests: dict[tuple[str, int, int], str] = {}
-        self._pixels: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()  # (digest, input path) ->
+        # (digest, input path) -> the decoded image (ORIGINAL) or the resized one (RESIZED)
+        self._pixels: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
         self._pixels_bytes = 0
 
     # ------------------------------------------------------------ backbones

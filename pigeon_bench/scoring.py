@@ -1,10 +1,14 @@
 """Scoring: the metric table's entries (``pigeon_bench.metrics.table``) computed over a run folder, through
 the backbones, the feature cache and the pure functions of the functional layer.
 
-Each unique image (by decoded-pixel hash) goes through each backbone at most once, ever: features are looked
-up in the content-addressed cache (``pigeon_bench.metrics.cache``) first, and only missing ones are computed,
-in batches. History, reference and text features are therefore shared across methods, alpha_r candidates
-and checkpoints scored with the same backbones and preprocessing.
+Each unique image (by decoded-pixel hash) goes through each backbone at most once per input path, ever:
+features are looked up in the content-addressed cache (``pigeon_bench.metrics.cache``) first, and only missing
+ones are computed, in batches. History, reference and text features are therefore shared across methods,
+alpha_r candidates and checkpoints scored with the same backbones and preprocessing.
+
+The preprocessing mode (``pigeon_bench.metrics.preprocess``: official, clean, fast) says by which input path
+(resized or original) each role (generated, history, reference) reaches each backbone; the path is part of the
+cache key, so features of one image computed by two paths are never mixed.
 
 Backbones are resolved when first used. One whose weights are missing skips the metrics it feeds: their
 columns are NaN, their summary entries null, a one-line warning names the weights and the columns, and the
@@ -31,10 +35,11 @@ from pigeon_bench.artifacts import image_digest, text_digest
 from pigeon_bench.data.model import Dataset, Sample
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
+from pigeon_bench.metrics import preprocess as pre
 from pigeon_bench.metrics import table
 from pigeon_bench.metrics.backbones import Backbone, pixels
 from pigeon_bench.metrics.cache import FeatureStore
-from pigeon_bench.metrics.preprocess import ResizeSpec, load_image
+from pigeon_bench.metrics.preprocess import GENERATED, RESIZED, Preprocess, ResizeSpec
 from pigeon_bench.metrics.table import EMBEDDING, HISTORY, IMAGE, MAPS, PIXELS, REFERENCE, SET, TEXT, Metric
 from pigeon_bench.profiles import PAPER, Profile, get_profile
 from pigeon_bench.progress import progress as progress_bar
@@ -48,7 +53,7 @@ FID_RECOMMENDED_N = 2048  # the Inception feature dimension: below it FID's cova
 # and eigendecomposition (about 4 s at the paper's n = 4,555 and d = 2,048 on 2 CPU cores).
 FID_MAX_BOOT_LARGE_N = 100
 _MSSSIM_LRU_BYTES = 1 << 30  # MS-SSIM terms kept in memory: ~12 MB an image at 512 px, ~1.7 MB at 192
-_PIXELS_LRU_BYTES = 1 << 29  # decoded images, reused within one score_samples call
+_PIXELS_LRU_BYTES = 1 << 29  # decoded images (original and resized), reused within one score_samples call
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
 _NOT_SCORED = {"mean": None, "lo": None, "hi": None}
 
@@ -99,20 +104,24 @@ def _file_key(src: str | Path) -> tuple[str, int, int]:
 
 
 class Scorer:
-    """Backbones (resolved on first use) + feature cache, reusable across runs in one process."""
+    """Backbones (resolved on first use) + feature cache, reusable across runs in one process.
+
+    ``preprocess``: a mode name (``official``, ``clean``, ``fast``) or a resolved ``Preprocess``; None: the
+    profile's default (paper: official, tiny: fast). ``resize`` ("mode": the mode's default, 512 or the
+    profile's), ``fid`` (``pytorch-fid`` or ``torch-fidelity``) and ``dino_items`` override the mode's.
+    """
 
     def __init__(self, profile: Profile | str = "paper", device: str = "cpu", batch_size: int = 16,
                  cache_dir: str | Path | None = None,
-                 resize: ResizeSpec | int | Literal["profile"] | None = "profile",
+                 resize: ResizeSpec | int | Literal["mode"] | None = "mode",
                  weights: dict[str, str | Path] | None = None, n_boot: int = stats.DEFAULT_N_BOOT,
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, progress: bool = True, preprocess: str | Preprocess | None = None,
+                 fid: str | None = None, dino_items: str | None = None):
         self.profile = get_profile(profile)
         self.device = device
         self.weights = weights
         self.batch_size = max(1, int(batch_size))
-        if resize == "profile":  # paper: 512 (the official evaluation's resize); tiny: 192
-            resize = self.profile.resize
-        self.resize = resize if isinstance(resize, ResizeSpec) else ResizeSpec(size=resize)
+        self.preprocess = pre.resolve(preprocess, self.profile, resize, fid, dino_items)
         self.n_boot = n_boot
         self.seed = seed
         self.progress = progress
@@ -122,7 +131,8 @@ class Scorer:
         self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
         self._msssim_bytes = 0
         self._file_digests: dict[tuple[str, int, int], str] = {}
-        self._pixels: OrderedDict[str, Image.Image] = OrderedDict()  # digest -> decoded (resized once used)
+        # (digest, input path) -> the decoded image (ORIGINAL) or the resized one (RESIZED)
+        self._pixels: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
         self._pixels_bytes = 0
 
     # ------------------------------------------------------------ backbones
@@ -132,9 +142,12 @@ class Scorer:
         if backbone_id not in self._backbones and backbone_id not in self._missing:
             try:
                 built = self.profile.scoring_backbones(self.device, self.weights, (backbone_id,))
-                self._backbones.update(built)
             except MissingWeights as exc:
                 self._missing[backbone_id] = exc.missing[0]
+            else:
+                for backbone in built.values():
+                    backbone.configure(self.preprocess)
+                self._backbones.update(built)
         return self._backbones.get(backbone_id)
 
     def backbone(self, backbone_id: str) -> Backbone:
@@ -162,23 +175,34 @@ class Scorer:
         boot = summary.get("bootstrap") or {}
         made_by = (summary.get("profile"), summary.get("backbones"), summary.get("preprocess"),
                    boot.get("n_boot"), boot.get("seed"))
-        return made_by == (self.profile.name, self.fingerprints(), self.resize.id, self.n_boot, self.seed)
+        return made_by == (self.profile.name, self.fingerprints(), self.preprocess.record(), self.n_boot,
+                           self.seed)
+
+    @property
+    def notice(self) -> str:
+        """The line printed beside every number this scorer produces: the profile's and the preprocessing."""
+        return "; ".join(n for n in (self.profile.notice, self.preprocess.notice) if n)
 
     # ------------------------------------------------------------ features
 
-    def _namespace(self, backbone: Backbone) -> str:
-        return f"{backbone.namespace}-{self.resize.id}"
+    def _namespace(self, backbone: Backbone, path: str = RESIZED) -> str:
+        return f"{backbone.namespace}-{self.preprocess.input_id(path)}"
 
-    def _ensure(self, backbone: Backbone, images: dict[str, ImageSource]) -> None:
-        """Compute and store features for the digests in ``images`` that the cache lacks, in batches."""
-        ns = self._namespace(backbone)
+    def _role_namespace(self, backbone: Backbone, role: str) -> str:
+        """The cache namespace of ``role``'s images through ``backbone`` (its input path's)."""
+        return self._namespace(backbone, self.preprocess.path(backbone.id, role))
+
+    def _ensure(self, backbone: Backbone, images: dict[str, ImageSource], path: str = RESIZED) -> None:
+        """Compute and store features for the digests in ``images`` (reaching ``backbone`` by input ``path``)
+        that the cache lacks, in batches."""
+        ns = self._namespace(backbone, path)
         todo = [d for d in images if not self.store.has(ns, d)]
         if not todo:
             return
         with self._progress(f"{backbone.id} features", len(todo)) as advance:
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start:start + self.batch_size]
-                feats = backbone.encode([self._image(d, images[d]) for d in chunk])
+                feats = backbone.encode([self._image(d, images[d], path) for d in chunk])
                 for i, d in enumerate(chunk):
                     own = {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in feats.items()}
                     self.store.put(ns, d, own)
@@ -199,7 +223,7 @@ class Scorer:
                 self.store.put(ns, text_digest(t), {backbone.outputs[0]: e.clone()})
 
     def _digests(self, sources: Sequence[ImageSource]) -> tuple[list[str], dict[str, ImageSource]]:
-        """Content digests of ``sources`` and digest -> one source of it.
+        """Content digests of ``sources`` (of their pixels as the mode decodes them) and digest -> one source.
 
         A file is decoded only when its (resolved path, size, mtime_ns) is new to this Scorer; the decoded
         image is kept for the backbones and MS-SSIM of the same call (``_image``).
@@ -212,9 +236,9 @@ class Scorer:
                 file_key = _file_key(src) if isinstance(src, str | Path) else None
                 digest = self._file_digests.get(file_key) if file_key else None
                 if digest is None:
-                    im = load_image(src)
+                    im = self.preprocess.load(src)
                     digest = image_digest(im)
-                    self._remember_pixels(digest, im)
+                    self._remember_pixels((digest, pre.ORIGINAL), im)
                     if file_key:
                         self._file_digests[file_key] = digest
                 by_key[key] = digest
@@ -222,11 +246,11 @@ class Scorer:
             out.append(by_key[key])
         return out, unique
 
-    def _remember_pixels(self, digest: str, im: Image.Image) -> None:
-        old = self._pixels.pop(digest, None)
+    def _remember_pixels(self, key: tuple[str, str], im: Image.Image) -> None:
+        old = self._pixels.pop(key, None)
         if old is not None:
             self._pixels_bytes -= len(old.mode) * old.width * old.height
-        self._pixels[digest] = im
+        self._pixels[key] = im
         self._pixels_bytes += len(im.mode) * im.width * im.height
         while self._pixels_bytes > _PIXELS_LRU_BYTES and len(self._pixels) > 1:
             _, evicted = self._pixels.popitem(last=False)
@@ -237,25 +261,31 @@ class Scorer:
         self._pixels.clear()
         self._pixels_bytes = 0
 
-    def _image(self, digest: str, src: ImageSource) -> Image.Image:
-        """The resized RGB image of ``digest``: decoded at most once per score_samples call while it fits."""
-        im = self._pixels.get(digest)
-        if im is None:
-            im = load_image(src)
-        resized = self.resize.apply(im)
-        if resized is not im or digest not in self._pixels:
-            self._remember_pixels(digest, resized)
-        else:
-            self._pixels.move_to_end(digest)
-        return resized
+    def _image(self, digest: str, src: ImageSource, path: str = RESIZED) -> Image.Image:
+        """The RGB image of ``digest`` as input ``path`` gives it (resized, or as decoded): decoded at most
+        once per score_samples call while it fits."""
+        key = (digest, path)
+        im = self._pixels.get(key)
+        if im is not None:
+            self._pixels.move_to_end(key)
+            return im
+        decoded = self._pixels.get((digest, pre.ORIGINAL))
+        if decoded is None:
+            decoded = self.preprocess.load(src)
+            self._remember_pixels((digest, pre.ORIGINAL), decoded)
+        im = self.preprocess.prepare(decoded, path)
+        if im is not decoded:
+            self._remember_pixels(key, im)
+        return im
 
     def clip_image_embeddings(self, images: Sequence[ImageSource]) -> torch.Tensor:
-        """(n, d) L2-normalised CLIP image embeddings (after the common resize), through the cache."""
+        """(n, d) L2-normalised CLIP image embeddings (as of generated images), through the cache."""
         clip = self.backbone("clip")
         digests, unique = self._digests(images)
-        self._ensure(clip, unique)
+        path = self.preprocess.path(clip.id, GENERATED)
+        self._ensure(clip, unique, path)
         self._release_pixels()
-        return self._stack(self._namespace(clip), digests, clip.outputs[0])
+        return self._stack(self._namespace(clip, path), digests, clip.outputs[0])
 
     def _msssim_terms(self, images: dict[str, ImageSource]) -> dict[str, Fn.MsssimStats]:
         """Each image's own MS-SSIM terms, computed in batches for those missing from an in-memory LRU of
@@ -325,9 +355,11 @@ class Scorer:
         for m in table.TABLE:
             if m.kind == SET and m.name not in skipped:
                 backbone = self.backbone(m.backbone)
-                ns, name = self._namespace(backbone), backbone.outputs[0]
-                sets[m.name] = (self._stack(ns, gen_d, name).double().numpy(),
-                                self._stack(ns, paired[m.pairing].digests, name).double().numpy())
+                name = backbone.outputs[0]
+                gen_ns = self._role_namespace(backbone, GENERATED)
+                ref_ns = self._role_namespace(backbone, m.pairing)
+                sets[m.name] = (self._stack(gen_ns, gen_d, name).double().numpy(),
+                                self._stack(ref_ns, paired[m.pairing].digests, name).double().numpy())
         for m in table.TABLE:  # derived metrics (Overall) lack what their inputs lack
             missing = [skipped[i] for i in m.inputs if i in skipped]
             if missing:
@@ -338,12 +370,16 @@ class Scorer:
 
     def _ensure_inputs(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
                        paired: dict[str, _Paired]) -> None:
-        """Features of the generated images and of the paired images and texts that ``uses`` read."""
-        images = dict(gen)
+        """Features of the generated images and of the paired images and texts that ``uses`` read, each role's
+        images by its input path."""
+        by_path: dict[str, dict[str, ImageSource]] = {}
+        by_path.setdefault(self.preprocess.path(backbone.id, GENERATED), {}).update(gen)
         for pairing in (HISTORY, REFERENCE):
             if any(m.pairing == pairing and m.against == IMAGE for m in uses):
-                images.update(paired[pairing].sources)
-        self._ensure(backbone, images)
+                path = self.preprocess.path(backbone.id, pairing)
+                by_path.setdefault(path, {}).update(paired[pairing].sources)
+        for path, images in by_path.items():
+            self._ensure(backbone, images, path)
         texts = [t for pairing in (HISTORY, REFERENCE)
                  if any(m.pairing == pairing and m.against == TEXT for m in uses)
                  for t in paired[pairing].texts]
@@ -358,9 +394,10 @@ class Scorer:
         k = other.k
         if m.kind == EMBEDDING:
             backbone = self.backbone(m.backbone)
-            ns, name = self._namespace(backbone), backbone.outputs[0]
+            ns, name = self._role_namespace(backbone, GENERATED), backbone.outputs[0]
             other_ns, keys = ((backbone.text_namespace, [text_digest(t) for t in other.texts])
-                              if m.against == TEXT else (ns, other.digests))
+                              if m.against == TEXT else
+                              (self._role_namespace(backbone, m.pairing), other.digests))
 
             def embedding_pairs(g: list[str], o: list[str]) -> torch.Tensor:
                 return fn(self._stack(ns, g, name)[:, None],
@@ -369,16 +406,18 @@ class Scorer:
             return self._pairwise(gen_d, keys, self._stack(ns, gen_d[:1], name).nbytes, embedding_pairs)
         if m.kind == MAPS:
             backbone = self.backbone(m.backbone)
-            ns = self._namespace(backbone)
+            ns = self._role_namespace(backbone, GENERATED)
+            other_ns = self._role_namespace(backbone, m.pairing)
 
             def map_pairs(g: list[str], o: list[str]) -> torch.Tensor:
-                maps = {d: self.store.get(ns, d) for d in dict.fromkeys([*g, *o])}
-                layers = backbone.outputs
-                return fn([torch.stack([maps[d][x] for d in g])[:, None] for x in layers],
-                          [torch.stack([maps[d][x] for d in o]).unflatten(0, (len(g), k)) for x in layers])
+                gen_maps = {d: self.store.get(ns, d) for d in dict.fromkeys(g)}
+                other_maps = {d: self.store.get(other_ns, d) for d in dict.fromkeys(o)}
+                return fn([torch.stack([gen_maps[d][x] for d in g])[:, None] for x in backbone.outputs],
+                          [torch.stack([other_maps[d][x] for d in o]).unflatten(0, (len(g), k))
+                           for x in backbone.outputs])
 
-            # bytes per image of a block: fp16 maps + their fp32 difference
-            map_bytes = 3 * sum(t.nbytes for t in self.store.get(ns, gen_d[0]).values())
+            # bytes per image of a block: the stored maps + their float32 difference
+            map_bytes = sum(t.nbytes + 4 * t.numel() for t in self.store.get(ns, gen_d[0]).values())
             return self._pairwise(gen_d, other.digests, map_bytes, map_pairs)
         if m.kind == PIXELS:
             sources = {**other.sources, **gen_u}
@@ -442,12 +481,12 @@ class Scorer:
             metrics[m.name] = {"mean": of_rows(np.arange(n)), "lo": lo, "hi": hi}
         return {
             "profile": self.profile.name,
-            "notice": self.profile.notice,
+            "notice": self.notice,
             "n": n,
             "metrics": {m: metrics[m] for m in METRICS},
             "backbones": self.fingerprints(),
             "bootstrap": bootstrap,
-            "preprocess": self.resize.id,
+            "preprocess": self.preprocess.record(),
             **({"skipped": scores.skipped} if scores.skipped else {}),
         }
 
@@ -504,6 +543,14 @@ def _run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:
         shown = ", ".join(unknown[:5])
         raise UserError(f"{run.images_dir}: image(s) for sample id(s) not in {dataset.root}: {shown}")
     return [s for sid, s in by_id.items() if sid in ids]
+
+
+def recorded_preprocess(runs: Sequence[RunFolder]) -> dict:
+    """The Scorer arguments of the preprocessing the first scored one of ``runs`` records ({}: none)."""
+    for run in runs:
+        if run.has_summary():
+            return pre.from_record(run.read_summary().get("preprocess")) or {}
+    return {}
 
 
 def score_run(run_dir: str | Path, data_dir: str | Path | None = None, profile: Profile | str = PAPER,

@@ -59,10 +59,10 @@ def _block(columns: tuple[str, ...]) -> Table:
 def test_the_table_drives_report_labels_digits_arrows_and_marks_and_gate_signs(monkeypatch):
     md = render_markdown([_block(("p_cis", "fid"))], ci=False)
     assert "| Pers. CIS ↑ | FID ↓ |" in md
-    assert "| a | <u>10.12</u> | **10.12** |" in md and "| b | **20.50** | <u>20.50</u> |" in md
+    assert "| a | - | <u>10.12</u> | **10.12** |" in md and "| b | - | **20.50** | <u>20.50</u> |" in md
     monkeypatch.setitem(table.METRICS, "p_cis", replace(table.get("p_cis"), short="XIS", digits=3,
                                                          higher_is_better=False))
     md = render_markdown([_block(("p_cis", "fid"))], ci=False)
     assert "| Pers. XIS ↓ | FID ↓ |" in md
-    assert "| a | **10.123** | **10.12** |" in md and "| b | <u>20.500</u> | <u>20.50</u> |" in md
+    assert "| a | - | **10.123** | **10.12** |" in md and "| b | - | <u>20.500</u> | <u>20.50</u> |" in md
     assert parse_gate("p_cis:+1") == ("p_cis", 1.0)  # now lower is better: the tolerance is a rise

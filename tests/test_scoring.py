@@ -83,7 +83,9 @@ def test_outputs_follow_the_schema(world, scored):
     assert on_disk == json.loads(json.dumps(summary))
     assert set(on_disk) >= {"method", "label", "group", "scenario", "profile", "notice", "n", "metrics",
                             "backbones", "bootstrap", "selection", "alpha_r"}
-    assert on_disk["notice"] == TINY_PROFILE_NOTICE and on_disk["profile"] == "tiny"
+    assert on_disk["notice"] == f"{TINY_PROFILE_NOTICE}; {scored[0].preprocess.notice}"
+    assert on_disk["notice"].startswith(f"{TINY_PROFILE_NOTICE}; preprocessing fast-176-bilinear (")
+    assert on_disk["profile"] == "tiny"
     assert (on_disk["method"], on_disk["n"], on_disk["scenario"]) == ("grd", 4, "sticker")
     assert set(on_disk["metrics"]) == set(METRICS)
     for m in PER_SAMPLE_METRICS:
@@ -175,14 +177,15 @@ def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, sco
 
 
 def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(tmp_path, monkeypatch):
-    from pigeon_bench import scoring
+    from pigeon_bench.metrics import preprocess
 
     scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "cache", progress=False)
     path = tmp_path / "g.png"
     fileio.save_image(path, _drawing(1))
     first = scorer.clip_image_embeddings([path])
     decoded = []
-    monkeypatch.setattr(scoring, "load_image", lambda src: decoded.append(src) or fileio.load_rgb(src))
+    opened = preprocess.open_image
+    monkeypatch.setattr(preprocess, "open_image", lambda src: decoded.append(src) or opened(src))
     torch.testing.assert_close(scorer.clip_image_embeddings([path]), first)
     assert decoded == []  # same path, size and mtime: the memoised digest, features from the cache
     before = scorer.forward_counts()["clip"]
@@ -362,7 +365,7 @@ def test_cli_score_with_data_flag_and_the_profile_default_resize(world, tmp_path
     assert res.output.count(TINY_PROFILE_NOTICE) == 2
     alphas = ("alpha_r=0.0", "alpha_r=1.0")
     first, second = (json.loads((sweep / a / "summary.json").read_text()) for a in alphas)
-    assert first["preprocess"] == "rgb-192-bilinear" and first["profile"] == "tiny"  # the tiny default
+    assert first["preprocess"]["id"] == "fast-192-bilinear" and first["profile"] == "tiny"  # the tiny default
     assert first["method"] is None
     assert first["metrics"] == second["metrics"]
     res = CliRunner().invoke(app, ["score", str(tmp_path / "missing"), "--profile", "tiny"])
@@ -406,7 +409,7 @@ def test_clip_only_scoring_skips_and_names_the_columns_of_missing_weights(world,
     run = tmp_path / "run"
     shutil.copytree(world[1], run)
     scorer = Scorer("paper", resize=SIZE, cache_dir=tmp_path / "cache", weights={"clip": clip_weights},
-                    n_boot=200, progress=False)
+                    n_boot=200, progress=False, preprocess="fast")  # the tiny run's preprocessing
     with pytest.warns(UserWarning) as caught:
         summary = scorer.score_run(run)
     lines = [str(w.message) for w in caught if "not scored" in str(w.message)]
@@ -431,7 +434,7 @@ def test_clip_only_scoring_skips_and_names_the_columns_of_missing_weights(world,
     assert on_disk["metrics"]["overall"]["mean"] == pytest.approx(expected_overall)
     # reports print "-" for the skipped columns; compare calls them n/a
     row = next(line for line in build_report([run], ci=False).splitlines() if line.startswith("| Reference"))
-    cells = [c.strip() for c in row.strip("|").split("|")][2:]
+    cells = [c.strip() for c in row.strip("|").split("|")][3:]  # after group, method and n
     shown = dict(zip(table.NAMES, cells, strict=True))
     assert {m for m, text in shown.items() if text == "-"} == set(summary["skipped"])
     verdicts = {r.metric: r.verdict for r in compare_runs(run, run, n_boot=100, n_perm=100).results}

@@ -1,4 +1,4 @@
-"""`pigeon-bench generate`, `run`, `select` and `score`."""
+"""`pigeon-bench generate`, `run`, `select`, `score` and `import-results`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from pigeon_bench.errors import UserError
+from pigeon_bench.metrics.preprocess import DINO_ITEMS, FID_IMPLEMENTATIONS
+from pigeon_bench.metrics.preprocess import HELP as PREPROCESS_HELP
 from pigeon_bench.profiles import HELP as PROFILE_HELP
 
 _OPTION_HELP = "Method option key=value (repeatable), e.g. -o checkpoint=PATH (see `pigeon-bench methods`)."
@@ -92,13 +94,15 @@ def select(
         help="A sweep of the same method on the valid split: also pick one fixed alpha_r there.")] = None,
     device: Annotated[str, typer.Option(help="torch device for scoring.")] = "cpu",
 ) -> None:
-    """Pick alpha_r per sample (test-time best of 11, the paper's rule) and score the selection as a run."""
+    """Pick alpha_r per sample (test-time best of 11, the paper's rule) and score the selection as a run
+    (with the preprocessing the sweep was scored with)."""
     from pigeon_bench.profiles import get_profile
     from pigeon_bench.runs import Sweep, select
-    from pigeon_bench.runs.pipeline import make_scorer
+    from pigeon_bench.scoring import Scorer, recorded_preprocess
 
     sweep = Sweep(run)
-    scorer = make_scorer(get_profile(sweep.manifest().get("profile")), device)
+    scorer = Scorer(profile=get_profile(sweep.manifest().get("profile")), device=device,
+                    **recorded_preprocess(sweep.runs()))
     for folder in select(sweep, scorer, Sweep(valid_run) if valid_run else None):
         typer.echo(f"{folder}: {folder.manifest()['selection']}")
 
@@ -113,6 +117,17 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Images per backbone forward.")] = 16,
     cache_dir: Annotated[Path | None, typer.Option(
         help="Cache root (default: $PIGEON_BENCH_CACHE or the user cache dir).")] = None,
+    preprocess: Annotated[str | None, typer.Option(
+        help=PREPROCESS_HELP + ". Default: the profile's.")] = None,
+    resize: Annotated[int | None, typer.Option(
+        help="Common resize in pixels (default: the mode's; official and clean 512, fast the profile's).")
+    ] = None,
+    fid: Annotated[str | None, typer.Option(
+        help=f"FID implementation: {' or '.join(FID_IMPLEMENTATIONS)} (default: the mode's; official: "
+             "pytorch-fid).")] = None,
+    dino_items: Annotated[str | None, typer.Option(
+        help=f"Official mode: the history and reference DINO features from {' or '.join(DINO_ITEMS)} "
+             "images (default resized, as the paper's Grd a_dis of 100.00 implies).")] = None,
 ) -> None:
     """Score a run folder (or every α_r folder of a sweep): writes its per-sample scores and summary."""
     import warnings
@@ -126,7 +141,8 @@ def score(
     folders = scoreable(run_dir)
     recorded = RunFolder(run_dir).manifest_or_empty().get("profile")
     scorer = Scorer(profile=get_profile(profile or recorded).name, device=device, batch_size=batch_size,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, preprocess=preprocess, resize="mode" if resize is None else resize,
+                    fid=fid, dino_items=dino_items)
     shown: set[str] = set()
     for folder in folders:
         with warnings.catch_warnings(record=True) as caught:
@@ -143,8 +159,42 @@ def score(
             typer.echo(summary["notice"])
 
 
+def import_results(
+    results: Annotated[Path, typer.Argument(
+        help="The official inference output: OUTPUT_DIR/eval-test (or OUTPUT_DIR holding one eval folder), "
+             "with checkpoint-N-scaleS-maskR/all_res_dm_scaleD.npy for the 11 mask ratios.")],
+    data: Annotated[Path, typer.Option(
+        help="Dataset folder built from the same processed_seq (`pigeon-bench data import-official`).")],
+    out: Annotated[Path, typer.Option(help="Sweep folder to write (one run folder per α_r).")],
+    checkpoint: Annotated[int | None, typer.Option(help="N of checkpoint-N (default: the only one).")] = None,
+    scale: Annotated[str | None, typer.Option(
+        help="S of -scaleS, the LLM guidance scale as the folders spell it (default: the only one).")] = None,
+    dm_scale: Annotated[str | None, typer.Option(
+        help="D of all_res_dm_scaleD.npy, the diffusion guidance scale (default: the only one).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="test or valid (default: from the folder name, eval-test or eval).")] = None,
+    seq: Annotated[int, typer.Option(help="Which returned sequence of each sample.")] = 0,
+    image: Annotated[int, typer.Option(help="Which returned image of that sequence.")] = 0,
+    method: Annotated[str, typer.Option(help="Registered method the images are from.")] = "pigeon",
+    label: Annotated[str | None, typer.Option(help="Row label (default: the method's).")] = None,
+    profile: Annotated[str, typer.Option(
+        help="Profile recorded as the images' (scoring's default): " + PROFILE_HELP)] = "paper",
+) -> None:
+    """Import the authors' generated results (official inference layout) as an α_r sweep, for `score`,
+    `select` and `report`."""
+    from pigeon_bench.runs.official_results import import_results as run_import
+
+    top = run_import(results, data, out, checkpoint=checkpoint, scale=scale, dm_scale=dm_scale, split=split,
+                     seq=seq, image=image, method=method, label=label, profile=profile)
+    s, k = top["settings"], len(top["sweep"])
+    typer.echo(f"{out}: {top['counts']['n'] // k} {top['split']} samples x {k} α_r imported from "
+               f"{top['imported']['source']} (checkpoint-{s['checkpoint']}, "
+               f"scale{s['guidance_scale_for_llm']}, dm_scale{s['guidance_scale_for_dm']})")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command("run")(run)
     app.command()(select)
     app.command("score")(score)
+    app.command("import-results")(import_results)

@@ -1,14 +1,17 @@
 """Backbones: the paper's models loaded through their own libraries' code, and tiny seeded stand-ins.
 
-Each backbone has an id, a weights fingerprint and a preprocessing id (together the cache namespace), loads
-its model lazily (a warm cache never loads a model) and counts the images (or texts) it forwards.
+Each backbone has an id, a weights fingerprint and a preprocessing id (together the cache namespace, with the
+variant a preprocessing mode sets through ``configure``), loads its model lazily (a warm cache never loads a
+model) and counts the images (or texts) it forwards.
 
 - ``clip``: open_clip image + text towers (paper: ViT-H-14 / laion2b_s32b_b79k), open_clip's own transform.
 - ``dino``: transformers Dinov2Model ``pooler_output`` with its (PIL-backend) image processor.
 - ``lpips-vgg``: lpips v0.1 VGG16 features: per layer, channel-normalized maps scaled by sqrt(lin weight),
-  stored as float16 (see ``functional.lpips_from_maps``). Cold and warm passes both score from the float16
-  maps, so cached and fresh results are identical.
-- ``fid-inception``: torch-fidelity's FeatureExtractorInceptionV3 pool3 (2048-d), as torchmetrics uses it.
+  kept as float32 or float16 as the mode says (see ``functional.lpips_from_maps``). Cold and warm passes both
+  score from the stored maps, so cached and fresh results are identical.
+- ``fid-inception``: torch-fidelity's FeatureExtractorInceptionV3 layers, pool3 (2048-d), fed by the FID
+  implementation's own preprocessing (``fid_input``): pytorch-fid's (the official evaluation's) or
+  torch-fidelity's. The two networks are the same function of their input (the TF graph's patched blocks).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import nn
 
 from pigeon_bench import weights as weight_table
 from pigeon_bench.errors import UserError
+from pigeon_bench.metrics.preprocess import PYTORCH_FID, TORCH_FIDELITY, FidInput, Preprocess
 from pigeon_bench.profiles import Profile, get_profile
 from pigeon_bench.registry import Registry
 
@@ -90,7 +94,15 @@ class Backbone:
 
     @property
     def namespace(self) -> str:
-        return f"{self.id}/{self.fingerprint[:16]}-{_short(self.preprocess_id)}"
+        return f"{self.id}/{self.fingerprint[:16]}-{_short(self.preprocess_id + self.variant)}"
+
+    @property
+    def variant(self) -> str:
+        """What ``configure`` chose that changes the features ("" for none)."""
+        return ""
+
+    def configure(self, preprocess: Preprocess) -> None:
+        """Take the preprocessing mode's settings for this backbone (most backbones have none)."""
 
     @property
     def loaded(self) -> Any:
@@ -167,17 +179,68 @@ class LpipsVgg(nn.Module):
 
 class LpipsBackbone(Backbone):
     outputs = ("l0", "l1", "l2", "l3", "l4")
+    maps_dtype = torch.float16
+
+    @property
+    def variant(self) -> str:
+        return "" if self.maps_dtype == torch.float16 else f"|{self.maps_dtype}"
+
+    def configure(self, preprocess: Preprocess) -> None:
+        self.maps_dtype = getattr(torch, preprocess.mode.lpips_maps)
 
     def _encode(self, images):
         x = (pixels(images).float() / 127.5 - 1.0).to(self.device)  # lpips.im2tensor scaling
-        return {f"l{i}": m.half() for i, m in enumerate(self.loaded(x))}
+        return {f"l{i}": m.to(self.maps_dtype) for i, m in enumerate(self.loaded(x))}
+
+
+# torch-fidelity's FeatureExtractorInceptionV3 modules from its input to pool3, in forward order
+# (pytorch-fid's InceptionV3 blocks 0-3 hold the same modules with the same weights)
+INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+                   "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                   "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+
+
+def fid_network_input(x: torch.Tensor, fid_input: FidInput) -> torch.Tensor:
+    """(n, 3, H, W) uint8 images as the FID implementation feeds them to Inception: (n, 3, s, s) in [-1, 1].
+
+    pytorch-fid (the official evaluation: ``ToTensor`` then its InceptionV3 with ``resize_input`` and
+    ``normalize_input``): x / 255, ``F.interpolate`` bilinear (align_corners=False) to s, 2x - 1.
+    torch-fidelity: float uint8 values, its TF1-compatible bilinear resize to s, (x - 128) / 128.
+    """
+    if fid_input.implementation == PYTORCH_FID:
+        x = nn.functional.interpolate(x.float() / 255, size=(fid_input.size,) * 2, mode="bilinear",
+                                      align_corners=False)
+        return 2 * x - 1
+    if fid_input.implementation == TORCH_FIDELITY:
+        from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+        x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(fid_input.size,) * 2,
+                                                      align_corners=False)
+        return (x - 128) / 128
+    raise ValueError(f"unknown FID implementation {fid_input.implementation!r}")
+
+
+def inception_pool3(net: nn.Module, x: torch.Tensor, fid_input: FidInput) -> torch.Tensor:
+    """(n, 2048) pool3 features of (n, 3, H, W) uint8 images through torch-fidelity's Inception ``net``."""
+    h = fid_network_input(x, fid_input)
+    for name in INCEPTION_TRUNK:
+        h = getattr(net, name)(h)
+    return torch.flatten(h, 1).float()
 
 
 class InceptionBackbone(Backbone):
     outputs = ("pool3",)
+    fid_input = FidInput()
+
+    @property
+    def variant(self) -> str:
+        return f"|{self.fid_input.id}"
+
+    def configure(self, preprocess: Preprocess) -> None:
+        self.fid_input = preprocess.fid
 
     def _encode(self, images):
-        return {"pool3": self.loaded(pixels(images).to(self.device))[0].float()}
+        return {"pool3": inception_pool3(self.loaded, pixels(images).to(self.device), self.fid_input)}
 
 
 # ---------------------------------------------------------------- loading code (real on-disk formats)
@@ -324,8 +387,8 @@ def tiny_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def tiny_inception(seed: int = 0):
-    """torch-fidelity's extractor class with tiny-profile weights, resizing to 75 px (Inception's minimum)
-    instead of 299 so the tiny profile stays fast on CPU."""
+    """torch-fidelity's extractor class with tiny-profile weights. Its own ``forward`` reads 75 px, the fast
+    mode's FID input; the scorer feeds its layers at the size the preprocessing mode says (``fid_input``)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class SmallInputInceptionV3(FeatureExtractorInceptionV3):
@@ -369,7 +432,7 @@ backbones.register("lpips-vgg", BackboneDef(
     lambda p: load_lpips_vgg(p[0], p[1]), tiny_lpips_vgg))
 backbones.register("fid-inception", BackboneDef(
     "fid-inception", InceptionBackbone,
-    "uint8, TF1-style bilinear resize to 299 (tiny: 75) inside the extractor",
+    "the FID implementation's resize and scaling (fid_input), then torch-fidelity's InceptionV3 layers",
     lambda p: load_fid_inception(p[0]), tiny_inception))
 BACKBONE_IDS: tuple[str, ...] = tuple(backbones.names())
 

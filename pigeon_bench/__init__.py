@@ -17,7 +17,8 @@ The Python API, for notebooks and scripts (everything the command line does goes
   (``generators.names()`` lists them; ``pigeon-bench methods`` shows their options).
 - ``generate(GenerateSpec(...), out)``: one method's run folder (or α_r sweep), resumable.
 - ``score_samples(samples, profile)``: per-sample metrics of ``SampleInputs`` as a DataFrame;
-  ``score_run(path, profile)``: score a run folder (writes its per-sample scores and summary).
+  ``score_run(path, profile)``: score a run folder (writes its per-sample scores and summary);
+  ``score_folders(generated, history, reference, profile)``: any images (see ``pigeon_bench.inputs``).
 - ``run(Experiment(scenario=...))`` / ``experiment(config, pairs, **flags)``: the whole ``pigeon-bench run``.
 - ``build_report(run_folders, fmt="md")``: Table 1 as Markdown, LaTeX, CSV or HTML.
 - ``RunFolder`` / ``Sweep``: read what a run wrote (manifest, images, scores, summary).
@@ -49,6 +50,7 @@ _API = {
     "sample_inputs": "pigeon_bench.scoring",
     "score_samples": "pigeon_bench.scoring",
     "score_run": "pigeon_bench.scoring",
+    "score_folders": "pigeon_bench.inputs",
     "build_report": "pigeon_bench.reports",
     "get_profile": "pigeon_bench.profiles",
 }

@@ -109,3 +109,12 @@ def from_manifest(path: str | Path) -> list[SampleInputs]:
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: sample ids repeat (e.g. {next(i for i in ids if ids.count(i) > 1)!r})")
     return out
+
+
+def score_folders(generated: str | Path, history: str | Path, reference: str | Path,
+                  profile: str = "paper", **scorer_options) -> pd.DataFrame:
+    """Per-sample metrics of folders of images (see ``from_folders``), as a DataFrame."""
+    from pigeon_bench.scoring import score_samples
+
+    return score_samples(from_folders(generated, history, reference), profile, **scorer_options)
+

@@ -57,17 +57,19 @@ _PIXELS_LRU_BYTES = 1 << 29  # decoded images (original and resized), reused wit
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
 _NOT_SCORED = {"mean": None, "lo": None, "hi": None}
 
+NO_TEXTS = "no texts"  # why a text metric was skipped (in place of a missing backbone)
 
 @dataclass
 class SampleInputs:
-    """What one sample is scored on: its generated image, 5 history images + texts, reference image + text."""
+    """What one sample is scored on: its generated image, 5 history images + texts, reference image + text.
+    Without texts (None) the text metrics (CLIP score) are skipped."""
 
     sample_id: str
     generated: ImageSource
     history: Sequence[ImageSource]
-    history_texts: Sequence[str]
+    history_texts: Sequence[str] | None
     reference: ImageSource
-    reference_text: str
+    reference_text: str | None
 
 
 @dataclass
@@ -327,8 +329,9 @@ class Scorer:
         n = len(samples)
         if n == 0:
             raise UserError("nothing to score: no samples")
+        texts = all(s.history_texts is not None and s.reference_text is not None for s in samples)
         for s in samples:
-            if len(s.history) != len(s.history_texts) or not s.history:
+            if not s.history or (texts and len(s.history) != len(s.history_texts)):
                 raise UserError(f"sample {s.sample_id}: history images and texts must be non-empty and match")
         k = len(samples[0].history)
         gen_d, gen_u = self._digests([s.generated for s in samples])
@@ -336,16 +339,19 @@ class Scorer:
         ref_d, ref_u = self._digests([s.reference for s in samples])
         if any(len(s.history) != k for s in samples):
             raise UserError("every sample must have the same number of history items")
-        paired = {HISTORY: _Paired(hist_d, hist_u, [t for s in samples for t in s.history_texts], k),
-                  REFERENCE: _Paired(ref_d, ref_u, [s.reference_text for s in samples], 1)}
+        paired = {HISTORY: _Paired(hist_d, hist_u, [t for s in samples for t in s.history_texts or ()], k),
+                  REFERENCE: _Paired(ref_d, ref_u, [s.reference_text for s in samples] if texts else [], 1)}
+        untexted = {m.name for m in table.TABLE if m.against == TEXT} if not texts else set()
         found = {bid: self._find(bid) for bid in table.BACKBONES}
         if not any(found.values()):
             raise MissingWeights(list(self._missing.values()), self.profile.name)
         for bid, backbone in found.items():  # each backbone over every image and text its metrics read, once
             if backbone is not None:
-                self._ensure_inputs(backbone, [m for m in table.TABLE if m.backbone == bid], gen_u, paired)
+                uses = [m for m in table.TABLE if m.backbone == bid and m.name not in untexted]
+                self._ensure_inputs(backbone, uses, gen_u, paired)
 
         skipped = {m.name: m.backbone for m in table.TABLE if m.backbone and found[m.backbone] is None}
+        skipped |= dict.fromkeys(untexted, NO_TEXTS)
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
         for m in table.PER_SAMPLE:
             values = np.full(n, np.nan) if m.name in skipped else self._pair_metric(m, gen_d, gen_u, paired)
@@ -434,10 +440,16 @@ class Scorer:
 
     def _warn_skipped(self, skipped: dict[str, str]) -> None:
         """One line: the weights missing, where scoring looked, and the columns left unscored."""
-        missing = [self._missing[bid] for bid in dict.fromkeys(skipped.values())]
+        textless = [m for m, why in skipped.items() if why == NO_TEXTS]
+        if textless:
+            warnings.warn(f"the samples have no texts: {', '.join(textless)} not scored", stacklevel=3)
+        missing = [self._missing[bid] for bid in dict.fromkeys(skipped.values()) if bid != NO_TEXTS]
+        if not missing:
+            return
         where = "; ".join(f"{r.id} (looked in {', '.join(r.looked)})" for r in missing)
         ids = " ".join(r.id for r in missing)
-        warnings.warn(f"{self.profile.name} profile: no weights for {where}: {', '.join(skipped)} not scored "
+        columns = [m for m, why in skipped.items() if why != NO_TEXTS]
+        warnings.warn(f"{self.profile.name} profile: no weights for {where}: {', '.join(columns)} not scored "
                       f"(`pigeon-bench models prefetch {ids}` fetches them)", stacklevel=3)
 
     def summarize(self, scores: SampleScores) -> dict:
@@ -490,25 +502,38 @@ class Scorer:
             **({"skipped": scores.skipped} if scores.skipped else {}),
         }
 
-    def score_run(self, run: RunFolder | str | Path, data_dir: str | Path | None = None) -> dict:
+    def score_run(self, run: RunFolder | str | Path, data_dir: str | Path | None = None,
+                  partial: bool = False) -> dict:
         """Score RUN's images against its dataset (``data_dir``, else the manifest's "data"); write RUN's
-        scores and summary and return the summary."""
+        scores and summary and return the summary.
+
+        The dataset must be the one the run was made on (the manifest records its digest and scenario) and
+        the images exactly the manifest's samples: missing or extra images are refused, unless ``partial``
+        (then the samples with an image are scored and the summary lists the missing ones).
+        """
         run = run if isinstance(run, RunFolder) else RunFolder(run)
         manifest = run.manifest_or_empty()
         data = data_dir or manifest.get("data")
         if not data:
             raise UserError(f"{run.path}: no {MANIFEST} with \"data\"; pass the dataset folder (--data)")
         dataset = Dataset(data)
+        _check_dataset(run, manifest, dataset)
         samples = _run_samples(run, dataset)
+        missing = _check_samples(run, manifest, {s.sample_id for s in samples}, partial)
         inputs = [sample_inputs(dataset, s, run.image_path(s.sample_id)) for s in samples]
-        scores = self.score_samples(inputs)
-        summary = {
+        summary = self.score_into(inputs, run, {
             **{k: manifest.get(k) for k in ("method", "label", "group")},
             "scenario": manifest.get("scenario") or dataset.scenario,
-            **self.summarize(scores),
-            "selection": manifest.get("selection"),
-            "alpha_r": manifest.get("alpha_r"),
-        }
+        }, {"selection": manifest.get("selection"), "alpha_r": manifest.get("alpha_r"),
+            **({"missing": missing} if missing else {})})
+        return summary
+
+    def score_into(self, samples: Sequence[SampleInputs], run: RunFolder, head: dict | None = None,
+                   tail: dict | None = None) -> dict:
+        """Score ``samples`` and write the scores and summary into ``run`` (``head``/``tail``: the summary's
+        provenance before and after the metrics); returns the summary."""
+        scores = self.score_samples(samples)
+        summary = {**(head or {}), **self.summarize(scores), **(tail or {})}
         run.write_scores(scores.frame)
         run.write_summary(summary)
         return summary
@@ -528,6 +553,34 @@ class Scorer:
                 yield lambda k: prog.advance(task, k)
 
         return bar()
+
+
+def _check_dataset(run: RunFolder, manifest: dict, dataset: Dataset) -> None:
+    """Refuse a dataset other than the run's (its recorded digest), or of another scenario."""
+    recorded = manifest.get("dataset_digest")
+    if recorded and recorded != dataset.digest:
+        raise UserError(f"{run.path} was made on another dataset than {dataset.root} (digest "
+                        f"{recorded[:12]}, not {dataset.digest[:12]}): pass the one it was made on (--data)")
+    scenario = manifest.get("scenario")
+    if scenario and dataset.scenario and scenario != dataset.scenario:
+        raise UserError(f"{run.path} is a {scenario} run, but {dataset.root} is a {dataset.scenario} dataset")
+
+
+def _check_samples(run: RunFolder, manifest: dict, have: set[str], partial: bool) -> list[str]:
+    """The manifest's samples without an image (refused unless ``partial``); images of other samples are
+    always refused."""
+    listed = manifest.get("sample_ids")
+    if listed is None:
+        return []
+    extra = sorted(have - set(listed))
+    if extra:
+        raise UserError(f"{run.images_dir}: {len(extra)} image(s) of samples the run does not list "
+                        f"(e.g. {extra[0]!r})")
+    missing = [sid for sid in listed if sid not in have]
+    if missing and not partial:
+        raise UserError(f"{run.images_dir}: {len(missing)} of the run's {len(listed)} images are missing "
+                        f"(e.g. {missing[0]!r}); generate them, or pass --partial to score the others")
+    return missing
 
 
 def _run_samples(run: RunFolder, dataset: Dataset) -> list[Sample]:

@@ -108,7 +108,20 @@ def select(
 
 
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder (or sweep) written by generate.")],
+    runs: Annotated[list[Path] | None, typer.Argument(
+        help="Run folders (or sweeps) written by generate, scored with one scorer (shared features).")
+    ] = None,
+    generated: Annotated[Path | None, typer.Option(
+        help="Instead of runs: a folder of generated images <sample_id>.png|jpg|webp (with --history and "
+             "--reference, and --out).")] = None,
+    history: Annotated[Path | None, typer.Option(
+        help="History images: <sample_id>/*.png or <sample_id>_<k>.png.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference images: <sample_id>.png.")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Instead of runs or folders: a CSV/JSONL of sample_id, generated, history, reference "
+             "[, history_texts, reference_text].")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="With --generated or --manifest: the folder that receives the scores and summary.")] = None,
     data: Annotated[Path | None, typer.Option(
         help="Dataset folder; default: the manifest's \"data\".")] = None,
     profile: Annotated[str | None, typer.Option(
@@ -125,29 +138,49 @@ def score(
     fid: Annotated[str | None, typer.Option(
         help=f"FID implementation: {' or '.join(FID_IMPLEMENTATIONS)} (default: the mode's; official: "
              "pytorch-fid).")] = None,
+    partial: Annotated[bool, typer.Option(
+        help="Score a run whose images are not all there (the summary lists the missing samples).")] = False,
     dino_items: Annotated[str | None, typer.Option(
         help=f"Official mode: the history and reference DINO features from {' or '.join(DINO_ITEMS)} "
              "images (default resized, as the paper's Grd a_dis of 100.00 implies).")] = None,
 ) -> None:
-    """Score a run folder (or every α_r folder of a sweep): writes its per-sample scores and summary."""
+    """Score run folders (every α_r folder of a sweep), or any images (folders or a manifest): writes the
+    per-sample scores and the summary."""
     import warnings
 
+    from pigeon_bench import inputs
     from pigeon_bench.profiles import get_profile
     from pigeon_bench.runs import RunFolder, scoreable
     from pigeon_bench.scoring import Scorer
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    folders = scoreable(run_dir)
-    recorded = RunFolder(run_dir).manifest_or_empty().get("profile")
+    images = [o for o in (generated, history, reference) if o is not None]
+    if (images or manifest) and runs:
+        raise UserError("give run folders, or --generated/--history/--reference, or --manifest: not several")
+    if images and (len(images) < 3 or manifest):
+        raise UserError("--generated, --history and --reference go together (or give --manifest alone)")
+    if (images or manifest) and out is None:
+        raise UserError("scoring folders or a manifest needs --out, the folder for the scores and summary")
+    if not (images or manifest or runs):
+        raise UserError("nothing to score: give run folders, --generated/--history/--reference, or "
+                        "--manifest")
+    folders = [f for r in runs or [] for f in scoreable(r)]
+    recorded = RunFolder(runs[0]).manifest_or_empty().get("profile") if runs else None
     scorer = Scorer(profile=get_profile(profile or recorded).name, device=device, batch_size=batch_size,
                     cache_dir=cache_dir, preprocess=preprocess, resize="mode" if resize is None else resize,
                     fid=fid, dino_items=dino_items)
+    samples = None
+    if manifest:
+        samples = inputs.from_manifest(manifest)
+    elif images:
+        samples = inputs.from_folders(generated, history, reference)
     shown: set[str] = set()
-    for folder in folders:
+    for folder in folders or [RunFolder(out)]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            summary = scorer.score_run(folder.path, data)
+            summary = (scorer.score_run(folder.path, data, partial) if samples is None
+                       else scorer.score_into(samples, folder))
         for text in dict.fromkeys(str(w.message) for w in caught):  # each warning once per command
             if text not in shown:
                 shown.add(text)

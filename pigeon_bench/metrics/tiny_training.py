@@ -86,7 +86,7 @@ class Recipe:
 
 
 RECIPES = {"clip": Recipe(300, 64, 1e-3), "dino": Recipe(300, 64, 4e-3),
-           "fid-inception": Recipe(80, 64, 1e-3)}
+           "fid-inception": Recipe(40, 64, 1e-3)}
 
 
 @dataclass

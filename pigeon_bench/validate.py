@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pigeon_bench.compare import compare_runs
+from pigeon_bench.data.model import Dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import method_dirname
 from pigeon_bench.metrics import table
 from pigeon_bench.reports.ranking import format_value
+from pigeon_bench.runs.folder import RunFolder
 from pigeon_bench.schema import read_summary, scored_run
 from pigeon_bench.stats import DEFAULT_N_BOOT, DEFAULT_N_PERM
 
@@ -46,11 +48,10 @@ class Expected:
     why: str
 
 
-def expected_orderings(scenario: str | None = SCENARIO) -> tuple[Expected, ...]:
-    """The orderings the demo world's ground truth implies. On the movie scenario the reference is the
-    target poster, a movie the user liked: Grd is personalized there too, so the orderings that put it below
-    Hist and Oracle on personalization and Overall do not hold and are left out."""
-    grd_is_personal = scenario == "movie"
+def expected_orderings(grd_is_personal: bool = False) -> tuple[Expected, ...]:
+    """The orderings the demo world's ground truth implies. Where the reference is the sample's target (the
+    movie scenario: the target poster, a movie the user liked), Grd is personalized too: the orderings that
+    put it below Hist and Oracle on personalization and Overall do not hold and are left out."""
     out: list[Expected] = []
     for metric in ("p_cis", "p_dis"):
         out += [Expected(metric, better, worse, "personalization: like the history")
@@ -133,22 +134,26 @@ def _runs_of(runs: Mapping[str, str | Path] | str | Path) -> dict[str, Path]:
     return {m: scored_run(given[m]) for m in METHODS}
 
 
+def _references_are_targets(run: Path) -> bool:
+    """Whether every sample of ``run`` takes its own target as the reference (read from its dataset)."""
+    manifest = RunFolder(run).manifest()
+    scored = set(manifest.get("sample_ids") or RunFolder(run).image_ids())
+    samples = [s for s in Dataset(manifest["data"]).samples() if s.sample_id in scored]
+    return bool(samples) and all(s.reference_id == s.target_id for s in samples)
+
+
 def check(runs: Mapping[str, str | Path] | str | Path, expected: tuple[Expected, ...] | None = None,
           alpha: float = ALPHA, n_boot: int = DEFAULT_N_BOOT, n_perm: int = DEFAULT_N_PERM,
           seed: int = 0) -> Validation:
-    """Test the ``expected`` orderings (default: those of the runs' scenario) on scored runs of the four
-    known-answer methods: a mapping method -> run folder, or a folder of runs named after the methods, as
-    ``pigeon-bench run`` writes them."""
+    """Test the ``expected`` orderings (default: :func:`expected_orderings` for the runs' samples) on scored
+    runs of the four known-answer methods: a mapping method -> run folder, or a folder of runs named after
+    the methods, as ``pigeon-bench run`` writes them."""
     folders = _runs_of(runs)
     scenario = read_summary(folders[METHODS[0]]).get("scenario")
-    expected = expected_orderings(scenario) if expected is None else expected
-    pairs = {}
-    for e in expected:
-        key = (e.worse, e.better)
-        if key not in pairs:
-            comparison = compare_runs(folders[e.worse], folders[e.better], alpha=alpha, n_boot=n_boot,
-                                      n_perm=n_perm, seed=seed)
-            pairs[key] = comparison
+    expected = expected_orderings(_references_are_targets(folders["grd"])) if expected is None else expected
+    pairs = {(worse, better): compare_runs(folders[worse], folders[better], alpha=alpha, n_boot=n_boot,
+                                           n_perm=n_perm, seed=seed)
+             for worse, better in dict.fromkeys((e.worse, e.better) for e in expected)}
     first = next(iter(pairs.values()))
     out = Validation(scenario, first.n, alpha, first.notices)
     for e in expected:

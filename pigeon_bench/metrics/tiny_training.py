@@ -25,7 +25,6 @@ the random ones and no feature cached with those is ever reused.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,19 +256,10 @@ def train_inception(world: WorldImages, seed: int) -> dict[str, torch.Tensor]:
 def _input_of(block: nn.Module, net: nn.Module, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """What ``block`` receives when ``net`` (the extractor, with its own forward) runs on ``pixels``."""
     captured: list[torch.Tensor] = []
-
-    class Reached(Exception):
-        pass
-
-    def grab(_module, inputs):
-        captured.append(inputs[0].clone())
-        raise Reached
-
-    handle = block.register_forward_pre_hook(grab)
+    handle = block.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].clone()))
     try:
         for start in range(0, len(pixels), batch):
-            with contextlib.suppress(Reached):
-                net(pixels[start:start + batch])
+            net(pixels[start:start + batch])
     finally:
         handle.remove()
     return torch.cat(captured)

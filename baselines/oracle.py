@@ -15,6 +15,7 @@ They exist only on datasets whose items carry the demo factors; elsewhere creati
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
@@ -148,8 +149,9 @@ class KnownAnswer(Generator):
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return [self.answer(r) for r in requests]
 
+    @abstractmethod
     def answer(self, request: GenerationRequest) -> GenerationResult:
-        raise NotImplementedError
+        """The known answer to one request."""
 
 
 @generators.register("oracle")

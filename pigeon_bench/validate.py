@@ -121,7 +121,7 @@ class Validation:
         return "\n".join(lines) + "\n"
 
 
-def _runs_of(runs: Mapping[str, str | Path] | str | Path) -> dict[str, Path]:
+def _runs_of(runs: Mapping[str, str | Path] | str | Path) -> dict[str, RunFolder]:
     """Method -> scored run folder: a mapping, or a folder holding one run folder per method."""
     if isinstance(runs, Mapping):
         given = {m: Path(p) for m, p in runs.items()}
@@ -134,10 +134,10 @@ def _runs_of(runs: Mapping[str, str | Path] | str | Path) -> dict[str, Path]:
     return {m: scored_run(given[m]) for m in METHODS}
 
 
-def _references_are_targets(run: Path) -> bool:
+def _references_are_targets(run: RunFolder) -> bool:
     """Whether every sample of ``run`` takes its own target as the reference (read from its dataset)."""
-    manifest = RunFolder(run).manifest()
-    scored = set(manifest.get("sample_ids") or RunFolder(run).image_ids())
+    manifest = run.manifest()
+    scored = set(manifest.get("sample_ids") or run.image_ids())
     samples = [s for s in Dataset(manifest["data"]).samples() if s.sample_id in scored]
     return bool(samples) and all(s.reference_id == s.target_id for s in samples)
 

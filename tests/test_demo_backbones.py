@@ -72,7 +72,7 @@ def test_training_is_deterministic(tmp_path, monkeypatch):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fresh_stickers() -> tuple[list, np.ndarray, np.ndarray]:
     """New drawings (poses the training never saw) of 6 demo themes x 7 emotions, as the scorer sees them."""
     items = demo_dataset("sticker").items_df.drop_duplicates("theme").head(6)

@@ -77,11 +77,11 @@ def test_movie_oracle_and_other_user_draw_the_reference_poster_in_favourite_and_
             assert res.image.size == r.reference_image.size
 
 
-@pytest.fixture(scope="module")
-def plain_sticker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def plain_sticker(tmp_path: Path) -> Path:
     """The demo world's stickers built by the ordinary SER30K builder: no demo factor columns."""
     world = Path(demo_dataset("sticker").root).parent / "world" / "ser30k"
-    out = tmp_path_factory.mktemp("plain") / "sticker"
+    out = tmp_path / "plain" / "sticker"
     result = CliRunner().invoke(app, ["data", "build", "sticker", "--raw", str(world), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert not set(FACTOR_COLUMNS["sticker"]) & set(Dataset(out).items_df.columns)

@@ -24,11 +24,15 @@ from pigeon_bench.scoring import Scorer
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The four known-answer methods generated and scored on the demo world, per scenario."""
-    out = tmp_path_factory.mktemp("validate")
-    for scenario in ("sticker", "movie"):
-        V.validate(scenario=scenario, out=out)
+def runs(tmp_path_factory: pytest.TempPathFactory, _session_demo_dir: Path) -> dict[str, Path]:
+    """The four known-answer methods generated and scored on the demo world, per scenario (in a cache of
+    their own that shares the session's demo world, as every test's does)."""
+    out, cache = tmp_path_factory.mktemp("validate"), tmp_path_factory.mktemp("cache")
+    (cache / "demo").symlink_to(_session_demo_dir, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIGEON_BENCH_CACHE", str(cache))
+        for scenario in ("sticker", "movie"):
+            V.validate(scenario=scenario, out=out)
     return {scenario: out / scenario for scenario in ("sticker", "movie")}
 
 

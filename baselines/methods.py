@@ -1,5 +1,5 @@
 """Importing this module registers every baseline method."""
 
-from baselines import grd, hist, llava, pmg, ti
+from baselines import grd, hist, llava, oracle, pmg, ti
 
-__all__ = ["grd", "hist", "llava", "pmg", "ti"]
+__all__ = ["grd", "hist", "llava", "oracle", "pmg", "ti"]

@@ -176,6 +176,12 @@ class Generator(ABC):
         return {o.name: self.opt(o.name) for o in self.options}
 
     @classmethod
+    def unavailable(cls, dataset: Dataset | None) -> str | None:
+        """Why the method cannot run on ``dataset`` (None: it can). ``run`` leaves such a method out of its
+        default method list; creating it anyway is the method's own one-line error."""
+        return None
+
+    @classmethod
     def implied_profile(cls, options: dict[str, Any]) -> str | None:
         """The profile that ``options`` imply (e.g. a checkpoint records its backbone), or None."""
         return None

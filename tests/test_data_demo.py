@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from typer.testing import CliRunner
 
 from pigeon_bench.cli import app
 from pigeon_bench.data import Dataset
-from pigeon_bench.data.demo import DEMO_VERSION, DemoSizes, ensure_demo_datasets, write_demo_world
+from pigeon_bench.data.demo import (
+    DEMO_VERSION,
+    FACTOR_COLUMNS,
+    DemoSizes,
+    demo_factors,
+    ensure_demo_datasets,
+    theme_factors,
+    theme_name,
+    write_demo_world,
+)
 from pigeon_bench.errors import UserError
 from pigeon_bench.scenarios import scenarios
 
@@ -180,3 +190,47 @@ def test_a_demo_world_never_replaces_other_data(tmp_path):
     with pytest.raises(UserError, match="ml-latest-small holds data that is not a demo world"):
         write_demo_world(tmp_path / "other", sizes=TINY)
     assert (tmp_path / "other" / "ml-latest-small").read_text() == "mine"
+
+
+def test_stickers_show_their_emotion_whatever_the_theme(world):
+    """An emotion's glow and mark: a sticker's nearest neighbour by colour histogram among the stickers of
+    the other themes mostly shows the same emotion."""
+    annotations = {(a["topic"], a["file_name"]): a["anno"]
+                   for split in ("train", "val", "test")
+                   for a in json.loads((world / "ser30k" / "Annotations" / f"{split}.json").read_text())[
+                       "annotations"]}
+    feats, themes, emotions = [], [], []
+    for p in sorted((world / "ser30k" / "Images").glob("*/*.png")):
+        a = np.asarray(Image.open(p).convert("RGB")) // 32
+        feats.append(np.bincount((a[..., 0] * 64 + a[..., 1] * 8 + a[..., 2]).ravel(), minlength=512))
+        themes.append(p.parent.name)
+        emotions.append(annotations[(p.parent.name, p.name)])
+    f, th, em = np.array(feats, dtype=float), np.array(themes), np.array(emotions)
+    f /= f.sum(1, keepdims=True)
+    d = np.abs(f[:, None] - f[None]).sum(-1)
+    d[th[:, None] == th[None]] = np.inf  # neighbours from other themes only
+    assert (em[d.argmin(1)] == em).mean() >= 0.5  # chance: 1/7
+
+
+def test_demo_items_carry_their_factors_beside_the_builders_columns(tmp_path):
+    paths = ensure_demo_datasets(tmp_path, seed=3, sizes=SMALL)
+    world = paths["sticker"].parent / "world"
+    posters = world / "ml-latest-small" / "posters"
+    runner = CliRunner()
+    for scenario, raw, extra in (("sticker", world / "ser30k", []),
+                                 ("movie", world / "ml-latest-small", ["--images", str(posters)])):
+        plain = tmp_path / "plain" / scenario
+        result = runner.invoke(app, ["data", "build", scenario, "--raw", str(raw), "--out", str(plain),
+                                     "--seed", "3", *extra])
+        assert result.exit_code == 0, result.output
+        demo, built = Dataset(paths[scenario]), Dataset(plain)
+        assert list(demo.items_df.columns) == [*built.items_df.columns, *FACTOR_COLUMNS[scenario]]
+        same = [c for c in built.items_df.columns if c != "image_path"]  # the demo's paths are relative
+        pd.testing.assert_frame_equal(demo.items_df[same], built.items_df[same])
+        assert (paths[scenario] / "samples.parquet").read_bytes() == (plain / "samples.parquet").read_bytes()
+        assert (demo.items_df["demo_seed"] == 3).all()
+        assert demo_factors(demo) is not None and demo_factors(built) is None
+    items = Dataset(paths["sticker"]).items_df
+    for row in items.itertuples():
+        assert theme_factors(row.theme) == (row.character, row.palette, row.style)
+        assert row.theme.endswith(theme_name(0, row.character, row.palette, row.style)[2:])

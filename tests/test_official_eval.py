@@ -261,6 +261,11 @@ def test_pytorch_fid_path_equals_the_package_and_the_official_fid_input(tmp_path
     scorer = Scorer("tiny", preprocess="official", cache_dir=tmp_path / "cache", progress=False)
     scores = scorer.score_samples([_sample(p, hist, q)])
     gen, ref = scores.sets["fid"]
+    from pigeon_bench.metrics import tiny_training  # the tiny profile's FID weights: trained on the demo world
+
+    trained = torch.load(tiny_training.ensure_trained(0) / tiny_training.INCEPTION_FILE, weights_only=True)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: trained)
+    reference = pytorch_fid_inception.InceptionV3([3]).eval()
     with torch.inference_mode():
         official = [reference(to_tensor(Image.open(f).convert("RGB").resize((512, 512), Image.BILINEAR))[None]
                               )[0].flatten() for f in (p, q)]

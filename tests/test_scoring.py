@@ -394,11 +394,9 @@ def no_weights(monkeypatch, tmp_path) -> None:
 @pytest.fixture
 def clip_weights(no_weights, tmp_path) -> Path:
     """Explicit CLIP weights (open_clip state-dict file): the tiny profile's own CLIP, seed 0."""
-    from pigeon_bench.metrics import backbones as B
+    from pigeon_bench.metrics import tiny_training
 
-    path = tmp_path / "open_clip_pytorch_model.bin"
-    torch.save(B.tiny_clip(seed=0)[0].state_dict(), path)
-    return path
+    return tiny_training.ensure_trained() / tiny_training.CLIP_FILE
 
 
 def test_clip_only_scoring_skips_and_names_the_columns_of_missing_weights(world, scored, clip_weights,

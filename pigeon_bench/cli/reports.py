@@ -68,7 +68,7 @@ def plot_sweep(
     metric: Annotated[list[str] | None, typer.Option(
         help="Metrics to plot (repeatable); default p_cis, a_cs.")] = None,
 ) -> None:
-    """Fig. 4-style line plots of metrics against the swept mask ratio, one line per sweep."""
+    """Line plots of metrics against a swept mask ratio (the paper's Fig. 4 layout), one line per sweep."""
     from pigeon_bench.reports import plot_sweeps
 
     typer.echo(f"wrote {plot_sweeps(sweeps, out, tuple(metric or ('p_cis', 'a_cs')))}", err=True)

@@ -7,6 +7,9 @@ purpose (the embedded default of ``pigeon-bench run``), yet its users have learn
   emotions as facial expressions, some with a caption;
 * posters: a movie's genres fix its palette and composition, the title is rendered on it; every user likes
   two genres, rates those movies highly and a few others low.
+
+The world knows its own ground truth: the demo datasets' items carry their factors (:data:`FACTOR_COLUMNS`),
+so a known-answer method can draw, say, a user's theme with a reference's emotion (``baselines.oracle``).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.build import check_seed, progress
-from pigeon_bench.data.model import Dataset
+from pigeon_bench.data.model import Dataset, dataset_files
 from pigeon_bench.data.sticker import EMOTIONS
 from pigeon_bench.errors import UserError
 
-DEMO_VERSION = 2  # bump when the drawings or the sizes change: the cache key includes it
+DEMO_VERSION = 3  # bump when the drawings, the sizes or the item columns change: the cache key has it
 
 CHARACTERS = ("cat", "bear", "bunny", "blob", "frog", "robot", "ghost", "bird")
 # name: (body, accent, background)
@@ -42,7 +45,18 @@ PALETTES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "forest": ((90, 150, 80), (230, 240, 170), (226, 238, 218)),
 }
 STYLES = ("flat", "outline", "pixel", "halftone")
+# The colour of an emotion's glow behind the character (and of its mark beside the head).
+EMOTION_COLOURS: dict[str, tuple[int, int, int]] = {
+    "anger": (235, 60, 50), "disgust": (110, 180, 40), "fear": (120, 90, 210), "happiness": (255, 200, 40),
+    "neutral": (170, 170, 170), "sadness": (70, 130, 235), "surprise": (255, 140, 20),
+}
 CAPTIONS = ("OK!", "LOL", "NO", "Hi!", "Yay", "Why?", "Bye", "Wow", "Ugh", "Hmm")
+# The ground-truth columns the demo datasets' items carry beside the builders' own (sticker: theme, emotion
+# and text; movie: title and genres). ``demo_seed`` is the world's seed: a poster's layout comes from it.
+FACTOR_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sticker": ("character", "palette", "style", "demo_seed"),
+    "movie": ("demo_seed",),
+}
 
 # genre: (top colour, bottom colour, accent)
 GENRES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -159,7 +173,49 @@ def _character_layer(character: str, palette: str, emotion: str, s: int, scale: 
         beak = [(cx - r * 0.15, cy + r * 0.05), (cx + r * 0.15, cy + r * 0.05), (cx, cy + r * 0.3)]
         d.polygon(beak, fill=accent)
     _draw_face(d, emotion, cx, cy, r, s, accent, beak=character == "bird")
+    _draw_mark(d, emotion, cx + r * 1.25, cy - r * 0.95, r * 0.42, max(2, s // 48))
     return layer
+
+
+def _draw_mark(d: ImageDraw.ImageDraw, emotion: str, x: float, y: float, m: float, w: int) -> None:
+    """The emotion's mark beside the head, as stickers draw them (hearts, a tear, an anger vein...), in a
+    colour of its own: the emotion reads at a glance, whatever the theme."""
+    if emotion == "happiness":  # two hearts
+        for hx, hy, hr in ((x, y, m * 0.55), (x - m * 0.6, y + m * 0.75, m * 0.35)):
+            d.ellipse([hx - hr, hy - hr * 0.5, hx, hy + hr * 0.5], fill=(240, 60, 110))
+            d.ellipse([hx, hy - hr * 0.5, hx + hr, hy + hr * 0.5], fill=(240, 60, 110))
+            d.polygon([(hx - hr * 0.97, hy + hr * 0.1), (hx + hr * 0.97, hy + hr * 0.1), (hx, hy + hr * 1.1)],
+                      fill=(240, 60, 110))
+    elif emotion == "sadness":  # a rain cloud
+        for bx, by, br in ((x - m * 0.4, y, m * 0.4), (x + m * 0.1, y - m * 0.25, m * 0.5),
+                           (x + m * 0.55, y, m * 0.35)):
+            d.ellipse([bx - br, by - br, bx + br, by + br], fill=(120, 130, 160))
+        for k in range(3):
+            rx = x - m * 0.5 + k * m * 0.5
+            d.line([(rx, y + m * 0.5), (rx - m * 0.15, y + m * 1.0)], fill=(60, 120, 255), width=w)
+    elif emotion == "anger":  # the cross-popping vein: four curves bowing towards its centre
+        for sx, sy in ((-1, -1), (1, -1), (-1, 1), (1, 1)):
+            ax, ay = x + sx * m * 0.75, y + sy * m * 0.75
+            towards = math.degrees(math.atan2(-sy, -sx))
+            d.arc([ax - m * 0.6, ay - m * 0.6, ax + m * 0.6, ay + m * 0.6], towards - 50, towards + 50,
+                  fill=(230, 20, 20), width=w + 1)
+    elif emotion == "surprise":  # an exclamation mark
+        d.polygon([(x - m * 0.3, y - m), (x + m * 0.3, y - m), (x + m * 0.1, y + m * 0.4),
+                   (x - m * 0.1, y + m * 0.4)], fill=(255, 170, 0))
+        d.ellipse([x - m * 0.2, y + m * 0.6, x + m * 0.2, y + m], fill=(255, 170, 0))
+    elif emotion == "fear":  # gloom lines
+        for k in range(4):
+            gx = x - m * 0.7 + k * m * 0.45
+            d.line([(gx, y - m), (gx, y + m * 0.8)], fill=(90, 60, 200), width=w)
+    elif emotion == "disgust":  # stink lines
+        for k in range(3):
+            gx = x - m * 0.6 + k * m * 0.6
+            pts = [(gx + m * 0.15 * math.sin(i * 1.6), y - m + i * m * 0.3) for i in range(7)]
+            d.line(pts, fill=(110, 170, 30), width=w)
+    else:  # neutral: an ellipsis
+        for k in range(3):
+            ex = x - m * 0.6 + k * m * 0.6
+            d.ellipse([ex - m * 0.15, y - m * 0.15, ex + m * 0.15, y + m * 0.15], fill=(120, 120, 120))
 
 
 def _draw_face(d: ImageDraw.ImageDraw, emotion: str, cx: float, cy: float, r: float, s: int,
@@ -255,6 +311,9 @@ def draw_sticker(character: str, palette: str, style: str, emotion: str, caption
     canvas = Image.new("RGBA", (size, size), (*background, 255))
     off = (int((size - layer.width) / 2 + rng.integers(-size // 16, size // 16 + 1)),
            int((size - layer.height) / 2 + rng.integers(-size // 20, size // 20 + 1)))
+    glow = tuple(round(0.6 * b + 0.4 * c) for b, c in zip(background, EMOTION_COLOURS[emotion], strict=True))
+    cx, cy, r = size / 2 + off[0], size * 0.55 + off[1], size * 0.44
+    ImageDraw.Draw(canvas).ellipse([cx - r, cy - r, cx + r, cy + r], fill=(*glow, 255))
     canvas.alpha_composite(layer, (max(off[0], -layer.width + 1), max(off[1], -layer.height + 1)))
     if caption:
         d = ImageDraw.Draw(canvas)
@@ -262,6 +321,17 @@ def draw_sticker(character: str, palette: str, style: str, emotion: str, caption
         d.text((size / 2, size * 0.1), caption, fill=accent, font=font, anchor="mm",
                stroke_width=max(1, size // 80), stroke_fill=(255, 255, 255))
     return canvas.convert("RGB")
+
+
+def theme_name(number: int, character: str, palette: str, style: str) -> str:
+    """A theme's folder name, e.g. ``07-mint-frog-pixel`` (the SER30K ``topic``)."""
+    return f"{number:02d}-{palette}-{character}-{style}"
+
+
+def theme_factors(theme: str) -> tuple[str, str, str]:
+    """(character, palette, style) of a demo theme from its name (see :func:`theme_name`)."""
+    _, palette, character, style = theme.split("-")
+    return character, palette, style
 
 
 def write_demo_stickers(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()) -> Path:
@@ -274,7 +344,7 @@ def write_demo_stickers(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()
     jobs = []
     for t, pick in enumerate(picks.tolist()):
         character, palette, style = combos[pick]
-        theme = f"{t + 1:02d}-{palette}-{character}-{style}"
+        theme = theme_name(t + 1, character, palette, style)
         trng = _rng(seed, 2, t)
         for n in range(1, int(trng.integers(8, 15)) + 1):
             emotion_index = int(trng.integers(len(EMOTIONS)))
@@ -445,10 +515,15 @@ def write_demo_movies(out: Path, seed: int = 0, sizes: DemoSizes = DemoSizes()) 
                   "Procedural posters; not MovieLens data.\n")
     missing = set(movies_df["movieId"].iloc[-sizes.posters_missing:]) if sizes.posters_missing else set()
     for m in progress([r for r in movies if r["movieId"] not in missing], "drawing posters"):
-        rng_m = _rng(seed, 12, m["movieId"])
+        rng_m = poster_rng(seed, m["movieId"])
         image = draw_poster(m["title"], m["genres"].split("|"), sizes.image_size, rng_m)
         fileio.save_image(out / "posters" / f"{m['movieId']}.jpg", image)
     return out
+
+
+def poster_rng(seed: int, movie_id: int) -> np.random.Generator:
+    """The random layout (motif positions and sizes) of a movie's poster in the world of ``seed``."""
+    return _rng(seed, 12, int(movie_id))
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -496,7 +571,37 @@ def build_demo_datasets(world: Path, out: Path, seed: int = 0,
     build_sticker(world / "ser30k", out / "sticker", seed=seed, relative_paths=relative_paths)
     movies = world / "ml-latest-small"
     build_movie(movies, out / "movie", images=movies / "posters", seed=seed, relative_paths=relative_paths)
+    for scenario in ("sticker", "movie"):
+        add_factor_columns(out / scenario, scenario, seed)
     return {"sticker": out / "sticker", "movie": out / "movie"}
+
+
+def add_factor_columns(folder: Path, scenario: str, seed: int) -> None:
+    """Append the ground-truth :data:`FACTOR_COLUMNS` of ``scenario`` to a demo dataset's items (the
+    builders' own columns keep their values; samples are untouched, stats record the new table's digest)."""
+    dataset = Dataset(folder)
+    items = dataset.items_df.copy()
+    if scenario == "sticker":
+        factors = [theme_factors(t) for t in items["theme"]]
+        for i, column in enumerate(("character", "palette", "style")):
+            items[column] = [f[i] for f in factors]
+    items["demo_seed"] = np.int64(seed)
+    files, _ = dataset_files(items, dataset.samples_df, {})
+    samples = (folder / "samples.parquet").read_bytes()  # kept byte for byte
+    stats = {**dataset.stats, "sha256": {"items.parquet": fileio.sha256(files["items.parquet"]),
+                                         "samples.parquet": fileio.sha256(samples)}}
+    fileio.write_bytes(folder / "items.parquet", files["items.parquet"])
+    fileio.write_json(folder / "stats.json", stats)
+
+
+def demo_factors(dataset: Dataset) -> pd.DataFrame | None:
+    """The items (indexed by item id) with their ground-truth factor columns, or None when ``dataset`` is not
+    a demo dataset (its items lack them)."""
+    columns = FACTOR_COLUMNS.get(dataset.scenario or "")
+    items = dataset.items_df
+    if columns is None or not set(columns) <= set(items.columns):
+        return None
+    return items.set_index(items["item_id"].astype(str))
 
 
 def ensure_demo_datasets(cache_root: str | Path | None = None, seed: int = 0,

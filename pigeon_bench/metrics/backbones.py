@@ -297,7 +297,8 @@ def load_fid_inception(weights_file: str | Path | _io.BytesIO):
                                        feature_extractor_weights_path=weights_file)
 
 
-# ---------------------------------------------------------------- tiny profile (seeded random weights)
+# ---------------------------------------------------------------- tiny profile (seeded weights; the
+# profile's CLIP, DINO and FID Inception are then trained on the demo world: metrics/tiny_training.py)
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
@@ -386,18 +387,30 @@ def tiny_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def tiny_inception(seed: int = 0):
-    """torch-fidelity's extractor class with tiny-profile weights. Its own ``forward`` reads 75 px, the fast
-    mode's FID input; the scorer feeds its layers at the size the preprocessing mode says (``fid_input``)."""
+def tiny_inception(seed: int = 0, weights_file: str | Path | None = None):
+    """torch-fidelity's extractor class with tiny-profile weights (``weights_file``, else seeded He init). Its
+    own ``forward`` reads 75 px, the fast mode's FID input; the scorer feeds its layers at the size the
+    preprocessing mode says (``fid_input``)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class SmallInputInceptionV3(FeatureExtractorInceptionV3):
         INPUT_IMAGE_SIZE = 75
 
-    buf = _io.BytesIO()
-    torch.save(tiny_inception_state_dict(seed), buf)
-    buf.seek(0)
-    return SmallInputInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buf)
+    if weights_file is None:
+        weights_file = _io.BytesIO()
+        torch.save(tiny_inception_state_dict(seed), weights_file)
+        weights_file.seek(0)
+    return SmallInputInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_file)
+
+
+def trained_tiny(backbone_id: str) -> Callable[[int], Any]:
+    """The tiny builder of a backbone trained on the demo world (``pigeon_bench.metrics.tiny_training``)."""
+    def build(seed: int):
+        from pigeon_bench.metrics import tiny_training
+
+        return tiny_training.load(backbone_id, seed)
+
+    return build
 
 
 # ---------------------------------------------------------------- registry and profiles
@@ -423,17 +436,17 @@ backbones: Registry[BackboneDef] = Registry("backbone")
 backbones.register("clip", BackboneDef(
     "clip", ClipBackbone,
     "open_clip transform (resize 224 shortest side, bicubic, centre crop, OpenAI mean/std)",
-    _load_clip, tiny_clip))
+    _load_clip, trained_tiny("clip")))
 backbones.register("dino", BackboneDef(
     "dino", DinoBackbone, "HF BitImageProcessor (PIL backend) from preprocessor_config.json",
-    lambda p: load_dinov2(p[0].parent), tiny_dinov2))
+    lambda p: load_dinov2(p[0].parent), trained_tiny("dino")))
 backbones.register("lpips-vgg", BackboneDef(
     "lpips-vgg", LpipsBackbone, "[-1, 1] scaling, lpips ScalingLayer; float16 normalized maps",
     lambda p: load_lpips_vgg(p[0], p[1]), tiny_lpips_vgg))
 backbones.register("fid-inception", BackboneDef(
     "fid-inception", InceptionBackbone,
     "the FID implementation's resize and scaling (fid_input), then torch-fidelity's InceptionV3 layers",
-    lambda p: load_fid_inception(p[0]), tiny_inception))
+    lambda p: load_fid_inception(p[0]), trained_tiny("fid-inception")))
 BACKBONE_IDS: tuple[str, ...] = tuple(backbones.names())
 
 

@@ -23,7 +23,8 @@ TABLE1_COLUMNS: tuple[str, ...] = table.NAMES  # the metric table is in Table 1'
 TABLE3_COLUMNS: tuple[str, ...] = ("p_cis", "p_lpips", "a_cs")
 GROUP_ORDER: tuple[str, ...] = ("DM-based", "LLM-based", "LMM-based", "Reference", "Sanity")
 METHOD_ORDER: tuple[str, ...] = (
-    "ti", "pmg", "llava*", "llava", "lavit*", "lavit", "pigeon", "recon", "grd", "hist",
+    "ti", "pmg", "llava*", "llava", "lavit*", "lavit", "pigeon", "recon", "grd", "hist", "oracle",
+    "other-user",
 )
 SCENARIO_TITLES = {"sticker": "Sticker", "movie": "Movie poster"}
 

@@ -77,14 +77,14 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
         raise UserError(f"run scores FID, which needs at least 2 samples: --limit must be 2 or more, "
                         f"got {exp.limit}")
     exp.check()
-    methods = exp.methods or generators.names()
     data, data_profile = resolve_data(exp)
+    dataset = Dataset(data)
+    methods = exp.methods or [m for m in generators.names() if generators.get(m).unavailable(dataset) is None]
     profile = resolve_profile(exp, methods, data_profile)
     template = GenerateSpec(data=data, method="", limit=exp.limit, seed=exp.seed, profile=profile,
                             device=exp.device, dtype=exp.dtype, batch_size=exp.batch_size,
                             experiment={**exp.to_dict(), "data": str(data), "profile": profile.name})
     template.check()
-    dataset = Dataset(data)
     if dataset.scenario is not None and dataset.scenario != exp.scenario:
         raise UserError(f"{data} is a {dataset.scenario!r} dataset, not {exp.scenario!r}")
     ranks = distributed.current()

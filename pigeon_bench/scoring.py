@@ -341,7 +341,7 @@ class Scorer:
             raise UserError("every sample must have the same number of history items")
         paired = {HISTORY: _Paired(hist_d, hist_u, [t for s in samples for t in s.history_texts or ()], k),
                   REFERENCE: _Paired(ref_d, ref_u, [s.reference_text for s in samples] if texts else [], 1)}
-        untexted = {m.name for m in table.TABLE if m.against == TEXT} if not texts else set()
+        untexted = [] if texts else [m.name for m in table.TABLE if m.against == TEXT]  # table order
         found = {bid: self._find(bid) for bid in table.BACKBONES}
         if not any(found.values()):
             raise MissingWeights(list(self._missing.values()), self.profile.name)

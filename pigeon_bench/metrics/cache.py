@@ -137,6 +137,11 @@ def set_budget(size: int | None, root: str | Path | None = None) -> None:
 
 # ---------------------------------------------------------------- checksums and counters
 
+def _now() -> int:
+    """The clock of last uses (whole seconds)."""
+    return int(time.time())
+
+
 def checksum(key: str, data: bytes) -> int:
     """64-bit blake2b of an entry's key and bytes, as a signed integer (sqlite's INTEGER)."""
     h = hashlib.blake2b(digest_size=8)
@@ -291,11 +296,16 @@ class _Db:
         def work(conn):
             with _transaction(conn):
                 n = conn.execute("DELETE FROM entries WHERE atime < ?", (atime,)).rowcount
-            conn.execute("PRAGMA incremental_vacuum")
+            conn.executescript("PRAGMA incremental_vacuum;")  # execute() would free a single page
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return n
 
         return self._run(False, work, 0)
+
+    def checkpoint(self) -> None:
+        """Move committed rows from the WAL into the database file and cut the WAL back."""
+        self._run(False, lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), None)
+        self.close()
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
@@ -320,7 +330,7 @@ class _Session:
     """A running store, registered so that eviction (by any process) spares the entries it uses."""
 
     def __init__(self, root: Path):
-        self.start = int(time.time())
+        self.start = _now()
         self.path = root / STORE_DIR / "sessions" / f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         fileio.write_json(self.path, {"host": _HOST, "pid": os.getpid(), "start": self.start})
         self._end = weakref.finalize(self, self.path.unlink, missing_ok=True)
@@ -364,7 +374,7 @@ def live_sessions(root: str | Path | None = None) -> list[dict]:
 def _protected_since(root: Path) -> int:
     """Entries last used at or after this time are in use by a running store and are never evicted."""
     starts = [s["start"] for s in live_sessions(root)]
-    return min(starts) if starts else int(time.time()) + 1
+    return min(starts) if starts else _now() + 1
 
 
 class _ProcessRecord:
@@ -524,12 +534,12 @@ class RowStore:
                 counts.corrupt += len(bad)
                 db.delete(bad)
             if stale:
-                db.touch(stale, int(time.time()))
+                db.touch(stale, _now())
         return out
 
     def _write_rows(self, namespace: str, items: Mapping[str, bytes]) -> None:
         self._begin()
-        now = int(time.time())
+        now = _now()
         written = 0
         for db, group in self._by_db(namespace, items).items():
             db.upsert([(k, items[k], checksum(k, items[k]), now) for k in group])
@@ -648,7 +658,7 @@ class FeatureStore(RowStore):
         counts.bytes_read += len(raw)
         if mtime < self._begin().start:
             with contextlib.suppress(OSError):
-                os.utime(path)
+                os.utime(path, (_now(), _now()))
         return tensors
 
     def put(self, namespace: str, key: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -667,8 +677,11 @@ class FeatureStore(RowStore):
                 rows[key] = data
             else:
                 self._begin()
-                with fileio.atomic_path(self.bulky_path(namespace, key)) as tmp:
+                path = self.bulky_path(namespace, key)
+                with fileio.atomic_path(path) as tmp:
                     tmp.write_bytes(_entry_file(data, checksum(key, data)))
+                with contextlib.suppress(OSError):  # its last use, on the clock of the rows' last uses
+                    os.utime(path, (_now(), _now()))
                 bulky += len(data) + len(_MAGIC) + 8
             self._remember(namespace, key, tensors)
         if rows:
@@ -760,6 +773,9 @@ def evict(root: str | Path | None = None, target: int = 0) -> Evicted:
     lock_path = root / STORE_DIR / "evict.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_path)):
+        for f in _files(root):  # committed rows into the database files: the sizes are the data's
+            if f.kind == "db" and f.path.suffix == _DB:
+                _Db(f.path).checkpoint()
         before = usage = disk_usage(root)
         result = Evicted(before, before, protected_since=_protected_since(root))
         cutoff = result.protected_since

@@ -9,17 +9,18 @@ cores; the flags below make them larger):
 - fid: one bootstrap replicate of FID at n samples x 2048-d (the paper's movie test split: n = 4,555) by the
   earlier path (resampled rows, ``frechet_distance``) and by ``fid_ci`` (weighted covariances), and the
   seconds per run folder for 100 and 1,000 replicates.
-- paper: the paper's architectures with random weights (open_clip ViT-H-14, DINOv2-large, LPIPS-VGG16, the FID
-  InceptionV3), built offline, at 512 px: a small Table-1 job (samples of one user's sliding windows x methods,
-  one of them an alpha sweep) scored by this engine and by the official evaluation's pattern (every metric
-  reloads its model, generated images repeated 5x, nothing shared across methods) on the same images in one
-  process; per generated image: seconds, backbone forwards, the backbone-forward-only time (the bound no
-  scorer beats), cache bytes on disk.
+- paper: the paper's architectures with random weights (open_clip ViT-H-14, DINOv2-large, LPIPS-VGG16, the
+  FID InceptionV3), built offline, at 512 px: a small job (samples of one user's sliding windows x folders)
+  scored by this engine, and the official evaluation's pattern (every metric reloads its model, generated
+  images repeated 5x, nothing shared across methods) priced with the per-image forward seconds measured on
+  the same images in the same process (its repeats are the same forwards again); per generated image:
+  seconds, backbone forwards, the backbone-forward-only time (the bound no scorer beats), cache bytes on
+  disk, and the same extrapolated to a Table-1 job of 20 folders from the measured first and later folders.
 - growth: the tiny profile at N, 4N, 16N samples (each size in a fresh process: peak RSS) and 1 vs 10 methods:
   wall seconds, peak RSS, cache bytes per generated image.
 
     python benchmarks/bench_scale.py [--only SECTIONS] [--store-n 20000] [--fid-n 4555] [--paper-samples 2]
-        [--paper-methods 2] [--growth-n 125]
+        [--paper-folders 2] [--growth-n 8] [--growth-folders 20]
 """
 
 from __future__ import annotations
@@ -134,8 +135,11 @@ def bench_store(n: int, shards: tuple[int, ...]) -> dict:
     try:
         for s in shards:
             C.SHARDS = s
-            timed(f"sqlite_{s}_shards_put", lambda p: C.FeatureStore(p, memory_bytes=0, budget=None), 1)
-            timed(f"sqlite_{s}_shards_put_many16", lambda p: C.FeatureStore(p, memory_bytes=0, budget=None), 16)
+            def make(p: Path) -> C.FeatureStore:
+                return C.FeatureStore(p, memory_bytes=0, budget=None)
+
+            timed(f"sqlite_{s}_shards_put", make, 1)
+            timed(f"sqlite_{s}_shards_put_many16", make, 16)
     finally:
         C.SHARDS = default
     # two processes writing the same store at once (each its own keys), then each reading everything back
@@ -152,21 +156,321 @@ def bench_store(n: int, shards: tuple[int, ...]) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- FID's CI
+
+def bench_fid(n: int, d: int, reps_old: int, reps_new: int) -> dict:
+    from pigeon_bench import stats
+    from pigeon_bench.metrics import functional as Fn
+    from pigeon_bench.metrics.fid_ci import fid_replicates
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, d))
+    b = rng.standard_normal((n, d)) * 1.1 + 0.2
+    idx = stats.bootstrap_indices(n, max(reps_old, reps_new), seed=0)
+    t0 = time.perf_counter()
+    old = np.array([Fn.frechet_distance(a[i], b[i]) for i in idx[:reps_old]])
+    t_old = (time.perf_counter() - t0) / reps_old
+    t0 = time.perf_counter()
+    new = fid_replicates(a, b, idx[:reps_new])
+    t_new = (time.perf_counter() - t0) / reps_new
+    k = min(reps_old, reps_new)
+    return {"n": n, "d": d, "seconds_per_replicate": {"resampled_rows": round(t_old, 2),
+                                                      "weighted_covariances": round(t_new, 2)},
+            "speedup": round(t_old / t_new, 2),
+            "max_relative_difference": float(np.max(np.abs(old[:k] - new[:k]) / np.abs(old[:k]))),
+            "seconds_per_run_folder": {f"{r}_replicates": {"before": round(r * t_old),
+                                                           "after": round(r * t_new)} for r in (100, 1000)}}
+
+
+# ---------------------------------------------------------------- synthetic Table-1 jobs
+
+def _drawing(seed: int, size: int):
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(im)
+    for _ in range(4):
+        x, y = (int(v) for v in rng.integers(0, size * 3 // 4, 2))
+        w, h = (int(v) for v in rng.integers(size // 8, size // 3, 2))
+        draw.ellipse([x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
+def job(root: Path, n_samples: int, n_folders: int, size: int, per_user: int = 8) -> list[list]:
+    """``n_folders`` lists of SampleInputs over the same ``n_samples`` samples (users of ``per_user`` sliding
+    windows: consecutive samples share 4 of 5 history images), each folder with its own generated images."""
+    from pigeon_bench.scoring import SampleInputs
+
+    def image(name: str, seed: int) -> Path:
+        path = root / "img" / f"{name}.png"
+        if not path.is_file():
+            fileio.save_image(path, _drawing(seed, size))
+        return path
+
+    samples = []
+    for s in range(n_samples):
+        user, j = divmod(s, per_user)
+        hist = [f"u{user}-h{j + k}" for k in range(5)]
+        samples.append((f"s{s}", hist, f"u{user}-r{j}"))
+    seeds = {}
+    folders = []
+    for f in range(n_folders):
+        inputs = []
+        for sid, hist, ref in samples:
+            for name in (*hist, ref):
+                seeds.setdefault(name, len(seeds) + 10**6)
+            inputs.append(SampleInputs(
+                sid, image(f"gen{f}-{sid}", hash((f, sid)) % 2**32), [image(h, seeds[h]) for h in hist],
+                [f"a picture of {h}" for h in hist], image(ref, seeds[ref]), f"a picture of {ref}"))
+        folders.append(inputs)
+    return folders
+
+
+class Clock:
+    """Wall and CPU seconds inside wrapped callables, per key (CPU: all threads of this process, which is the
+    steadier figure on a shared machine)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def wrap(self, owner: object, name: str, key: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.wall[key] = self.wall.get(key, 0.0) + time.perf_counter() - t0
+                self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c0
+
+        setattr(owner, name, timed)
+
+
+def _forward_clock() -> Clock:
+    """Seconds inside each backbone's forwards (images and texts)."""
+    from pigeon_bench.metrics import backbones as B
+
+    clock = Clock()
+    for cls, key in ((B.ClipBackbone, "clip"), (B.DinoBackbone, "dino"), (B.LpipsBackbone, "lpips-vgg"),
+                     (B.InceptionBackbone, "fid-inception")):
+        clock.wrap(cls, "_encode", key)
+    clock.wrap(B.ClipBackbone, "encode_texts", "clip-text")
+    return clock
+
+
+def _store_bytes(cache: Path) -> dict[str, int]:
+    """Bytes on disk: compact entries (sqlite), bulky ones (feature-map files), the pair table."""
+    out = {"compact": 0, "bulky": 0, "pairs": 0}
+    for f in C._files(cache):
+        key = "pairs" if f.area == C.PAIRS else ("bulky" if f.kind == "entry" else "compact")
+        out[key] += f.size
+    return out
+
+
+def score_job(scorer, folders: list[list], clock: Clock) -> dict:
+    """Score each folder as ``pigeon-bench run`` does (one Scorer for all): per-sample scores + summary.
+    Wall and CPU seconds per folder, in all and inside backbone forwards."""
+    import warnings
+
+    scorer.fingerprints()  # every backbone built before the clock starts
+    per_folder = []
+    for inputs in folders:
+        wall0, cpu0 = sum(clock.wall.values()), sum(clock.cpu.values())
+        t0, c0 = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FID's small-n warning
+            scorer.summarize(scorer.score_samples(inputs))
+        per_folder.append({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                           "forward_wall": sum(clock.wall.values()) - wall0,
+                           "forward_cpu": sum(clock.cpu.values()) - cpu0})
+    return {"per_folder": per_folder, **{k: sum(f[k] for f in per_folder) for k in per_folder[0]}}
+
+
+# the official evaluation's backbone forwards per generated image (YiyanXu/Pigeon
+# Evaluation/evaluate_pigeon.py: CLIP 2 + 1 + 5 + 5, texts 1 + 5, DINO 1 + 5, VGG 5 + 5, Inception 1 + 1)
+OFFICIAL_PER_IMAGE = {"clip": 13, "clip-text": 6, "dino": 6, "lpips-vgg": 10, "fid-inception": 2}
+
+
+def _paper_backbones(device: str = "cpu") -> tuple[dict, dict[str, float]]:
+    """The paper's scoring architectures with seeded random weights (no download), and their build seconds."""
+    import io
+
+    import open_clip
+    from torchvision.models.vgg import cfgs
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit import BitImageProcessorPil
+
+    from pigeon_bench.metrics import backbones as B
+
+    built, seconds = {}, {}
+
+    def timed(bid: str, make):
+        t0 = time.perf_counter()
+        with B.seeded(0), B._quiet_root_logger():
+            loaded = make()
+        seconds[bid] = round(time.perf_counter() - t0, 1)
+        return loaded
+
+    clip = timed("clip", lambda: open_clip.create_model_and_transforms("ViT-H-14", pretrained=None))
+    clip = (clip[0].eval(), clip[2], open_clip.get_tokenizer("ViT-H-14"))
+    dino = timed("dino", lambda: (Dinov2Model(Dinov2Config(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, patch_size=14,
+        image_size=518)).eval(), BitImageProcessorPil(  # facebook/dinov2-large's config and preprocessing
+            size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])))
+    vgg = timed("lpips-vgg", lambda: B.tiny_lpips_vgg(0, cfgs["D"]))  # VGG16 trunk, random
+
+    def inception():
+        buf = io.BytesIO()
+        torch.save(B.tiny_inception_state_dict(0), buf)
+        buf.seek(0)
+        return B.load_fid_inception(buf).eval()
+
+    inc = timed("fid-inception", inception)
+    for bid, cls, loaded in (("clip", B.ClipBackbone, clip), ("dino", B.DinoBackbone, dino),
+                             ("lpips-vgg", B.LpipsBackbone, vgg),
+                             ("fid-inception", B.InceptionBackbone, inc)):
+        built[bid] = cls(bid, f"random-{bid}-paper-architecture", f"paper architecture, random ({bid})",
+                         lambda loaded=loaded: loaded, device)
+    return built, seconds
+
+
+def bench_paper(n_samples: int, n_folders: int) -> dict:
+    """The paper architectures at 512 px on a small job; the official pattern priced by the per-image forward
+    seconds measured here (its repeats are the same forwards again)."""
+    from pigeon_bench.scoring import Scorer
+
+    backbones, build_seconds = _paper_backbones()
+    clock = _forward_clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folders = job(root, n_samples, n_folders, 512, per_user=max(2, n_samples))
+        scorer = Scorer(profile="paper", cache_dir=root / "cache", progress=False, batch_size=4)
+        scorer._backbones.update(backbones)  # the random-weight stand-ins instead of resolving weights
+        result = score_job(scorer, folders, clock)
+        counts = scorer.forward_counts()
+        scorer.store.close()  # the last connection folds the WAL into the database files
+        disk = _store_bytes(root / "cache")
+    n_gen = n_samples * n_folders
+    cpu_per_image = {k: clock.cpu[k] / counts[k] for k in counts if counts[k]}
+    wall_per_image = {k: clock.wall[k] / counts[k] for k in counts if counts[k]}
+    official = {m: sum(OFFICIAL_PER_IMAGE[k] * per[k] for k in OFFICIAL_PER_IMAGE)
+                for m, per in (("cpu", cpu_per_image), ("wall", wall_per_image))}
+    first, rest = result["per_folder"][0], result["per_folder"][1:] or result["per_folder"][:1]
+
+    def table1(key: str) -> float:
+        """Seconds per generated image of a Table-1 job (20 folders on the same samples: 9 methods + 11
+        alpha_r candidates): the first folder pays for history, references and texts, the others for their
+        own generated images."""
+        return (first[key] + 19 * float(np.mean([f[key] for f in rest]))) / (20 * n_samples)
+
+    def figures(m: str) -> dict:
+        fwd = f"forward_{m}"
+        return {
+            "engine_seconds_per_generated_image": round(result[m] / n_gen, 2),
+            "engine_forward_only_seconds_per_generated_image": round(result[fwd] / n_gen, 2),
+            "engine_total_over_forwards": round(result[m] / result[fwd], 3),
+            "official_seconds_per_generated_image": round(official[m], 1),
+            "official_over_engine": round(official[m] * n_gen / result[m], 2),
+            "table1_job": {"engine_seconds_per_generated_image": round(table1(m), 2),
+                           "engine_forward_only_seconds_per_generated_image": round(table1(fwd), 2),
+                           "engine_total_over_forwards": round(table1(m) / table1(fwd), 3),
+                           "official_over_engine": round(official[m] / table1(m), 2),
+                           "official_over_forward_only_bound": round(official[m] / table1(fwd), 2)}}
+
+    return {
+        "samples": n_samples, "folders": n_folders, "generated_images": n_gen, "resize": 512,
+        "build_seconds": build_seconds,
+        "forward_cpu_seconds_per_image": {k: round(v, 2) for k, v in cpu_per_image.items()},
+        "engine_forwards": counts,
+        "engine_image_forwards_per_generated_image": round(sum(
+            v for k, v in counts.items() if k != "clip-text") / n_gen, 2),
+        "official_forwards_per_generated_image": OFFICIAL_PER_IMAGE,
+        "official_note": "priced from the forward seconds per image measured here; model reloads not "
+                         "included (per folder 4 CLIP, 2 DINO, 1 VGG, 1 Inception: amortised over a "
+                         "paper-size folder)",
+        "cpu": figures("cpu"), "wall": figures("wall"),
+        "per_folder": [{k: round(v, 1) for k, v in f.items()} for f in result["per_folder"]],
+        "cache_bytes_per_generated_image": {k: round(v / n_gen) for k, v in disk.items()},
+    }
+
+
+def _growth_worker(n_samples: int, n_folders: int) -> dict:
+    """One size of the growth section, in its own process (peak RSS is per process)."""
+    from pigeon_bench.scoring import Scorer
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    clock = _forward_clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        folders = job(root, n_samples, n_folders, 96)
+        t_data = time.perf_counter() - t0
+        rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        scorer = Scorer(profile="tiny", cache_dir=root / "cache", progress=False)
+        result = score_job(scorer, folders, clock)
+        scorer.store.close()
+        disk = _store_bytes(root / "cache")
+    n_gen = n_samples * n_folders
+    return {"samples": n_samples, "folders": n_folders, "wall_seconds": round(result["wall"], 1),
+            "cpu_seconds": round(result["cpu"], 1),
+            "cpu_seconds_per_generated_image": round(result["cpu"] / n_gen, 4),
+            "cpu_total_over_forwards": round(result["cpu"] / result["forward_cpu"], 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_after_making_the_images_mb": round(rss_data / 1024), "image_seconds": round(t_data, 1),
+            "forwards": scorer.forward_counts(),
+            "cache_bytes_per_generated_image": {k: round(v / n_gen) for k, v in disk.items()}}
+
+
+def bench_growth(n: int, table1_folders: int) -> dict:
+    def run(samples: int, folders: int) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--growth-worker", str(samples), str(folders)],
+                             cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return json.loads(out.stdout)
+
+    sizes = {f"{k}N": run(k * n, 1) for k in (1, 4, 16)}
+    methods = {"1_folder": sizes["1N"], f"{table1_folders}_folders": run(n, table1_folders)}
+    cpu = {k: v["cpu_seconds_per_generated_image"] for k, v in sizes.items()}
+    return {"N": n, "samples": sizes, "folders": methods,
+            "peak_rss_16N_over_N": round(sizes["16N"]["peak_rss_mb"] / sizes["1N"]["peak_rss_mb"], 2),
+            "cpu_seconds_per_generated_image_16N_over_N": round(cpu["16N"] / cpu["1N"], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="store,fid,paper,growth")
+    parser.add_argument("--only", default="store,fid,growth,paper")
     parser.add_argument("--store-n", type=int, default=20000)
     parser.add_argument("--store-shards", default="1,4,16")
+    parser.add_argument("--fid-n", type=int, default=4555)
+    parser.add_argument("--fid-reps", type=int, default=2, help="replicates timed per path")
+    parser.add_argument("--paper-samples", type=int, default=2)
+    parser.add_argument("--paper-folders", type=int, default=2)
+    parser.add_argument("--growth-n", type=int, default=8)
+    parser.add_argument("--growth-folders", type=int, default=20, help="a Table-1 job: 9 methods + 11 alphas")
     parser.add_argument("--store-writer", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--growth-worker", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.store_writer:
         root, n, seed = args.store_writer
         _store_writer(root, int(n), int(seed), 16)
         return
+    if args.growth_worker:
+        print(json.dumps(_growth_worker(*args.growth_worker)))
+        return
     sections = args.only.split(",")
     report: dict = {"threads": torch.get_num_threads()}
     if "store" in sections:
         report["store"] = bench_store(args.store_n, tuple(int(s) for s in args.store_shards.split(",")))
+    if "fid" in sections:
+        report["fid"] = bench_fid(args.fid_n, 2048, args.fid_reps, args.fid_reps)
+    if "growth" in sections:
+        report["growth"] = bench_growth(args.growth_n, args.growth_folders)
+    if "paper" in sections:
+        report["paper"] = bench_paper(args.paper_samples, args.paper_folders)
     print(json.dumps(report, indent=2))
 
 

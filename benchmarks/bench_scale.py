@@ -90,7 +90,7 @@ def _store_writer(root: str, n: int, seed: int, batch: int) -> None:
     assert len(store.get_many("clip/bench", [k for k, _ in items])) == n
 
 
-def bench_store(n: int, shards: tuple[int, ...]) -> dict:
+def bench_store(n: int, shards: tuple[int, ...], with_files: bool = True) -> dict:
     items = _entries(n)
     keys = [k for k, _ in items]
     order = keys[:]
@@ -130,7 +130,8 @@ def bench_store(n: int, shards: tuple[int, ...]) -> dict:
             **({"get_many_entries_per_s": round(n / t_read_many)} if got is not None else {}),
             "disk_bytes_per_entry": round(on_disk / n), "files": files, "clear_seconds": round(t_clear, 2)}
 
-    timed("one_file_per_entry", OneFilePerEntry, 1)
+    if with_files:
+        timed("one_file_per_entry", OneFilePerEntry, 1)
     default = C.SHARDS
     try:
         for s in shards:
@@ -445,6 +446,7 @@ def main() -> None:
     parser.add_argument("--only", default="store,fid,growth,paper")
     parser.add_argument("--store-n", type=int, default=20000)
     parser.add_argument("--store-shards", default="1,4,16")
+    parser.add_argument("--store-no-files", action="store_true", help="skip the one-file-per-entry layout")
     parser.add_argument("--fid-n", type=int, default=4555)
     parser.add_argument("--fid-reps", type=int, default=2, help="replicates timed per path")
     parser.add_argument("--paper-samples", type=int, default=2)
@@ -464,7 +466,8 @@ def main() -> None:
     sections = args.only.split(",")
     report: dict = {"threads": torch.get_num_threads()}
     if "store" in sections:
-        report["store"] = bench_store(args.store_n, tuple(int(s) for s in args.store_shards.split(",")))
+        report["store"] = bench_store(args.store_n, tuple(int(s) for s in args.store_shards.split(",")),
+                                      not args.store_no_files)
     if "fid" in sections:
         report["fid"] = bench_fid(args.fid_n, 2048, args.fid_reps, args.fid_reps)
     if "growth" in sections:

@@ -11,17 +11,19 @@ from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics.fid_ci import fid_ci, fid_replicates
 
 
-def _sets(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _sets(n: int, d: int, seed: int = 0, rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated features (unlike a plain Gaussian); with ``rank`` < d they lie in a subspace."""
     rng = np.random.default_rng(seed)
-    mix = rng.standard_normal((d, d)) / np.sqrt(d)  # correlated features, unlike a plain Gaussian
-    return rng.standard_normal((n, d)) @ mix, rng.standard_normal((n, d)) @ mix * 1.3 + 0.2
+    mix = rng.standard_normal((rank or d, d)) / np.sqrt(d)
+    return (rng.standard_normal((n, rank or d)) @ mix,
+            rng.standard_normal((n, rank or d)) @ mix * 1.3 + 0.2)
 
 
-@pytest.mark.parametrize("n, d", [(300, 48), (40, 64), (70, 64)])
-def test_each_replicate_is_the_fid_of_the_resampled_rows(n, d):
-    """n > d (d x d side), n <= d (the n x n side), and n just above d (resamples with fewer distinct rows
-    than dimensions: a singular covariance)."""
-    a, b = _sets(n, d)
+@pytest.mark.parametrize("n, d, rank", [(300, 48, None), (300, 48, 30), (40, 64, None), (70, 64, None)])
+def test_each_replicate_is_the_fid_of_the_resampled_rows(n, d, rank):
+    """More distinct rows than dimensions (the d x d side; with rank < d a singular covariance), fewer (the
+    m x m side: n <= d, and n > d with m < d distinct rows drawn)."""
+    a, b = _sets(n, d, rank=rank)
     idx = stats.bootstrap_indices(n, 12, seed=3)
     want = np.array([Fn.frechet_distance(a[i], b[i]) for i in idx])
     np.testing.assert_allclose(fid_replicates(a, b, idx), want, rtol=1e-7)

@@ -405,7 +405,7 @@ class _ProcessRecord:
         from pigeon_bench.artifacts import update_json
 
         merged = self.merged()
-        if not any(merged.values()):
+        if not any(merged.values()) or not self.root.is_dir():  # nothing counted, or the cache is gone
             return
         record = {"id": self.id, "pid": os.getpid(), "host": _HOST, "started": self.started,
                   "updated": time.time(),

@@ -339,6 +339,44 @@ def _paper_backbones(device: str = "cpu") -> tuple[dict, dict[str, float]]:
     return built, seconds
 
 
+def _cpu_seconds(fn, repeat: int = 3) -> float:
+    fn()
+    c0 = time.process_time()
+    for _ in range(repeat):
+        fn()
+    return (time.process_time() - c0) / repeat
+
+
+def paper_overheads() -> dict[str, float]:
+    """CPU seconds per generated image of what today's scorer does besides forwards, at 512 px: LPIPS of its
+    5 history pairs from float16 VGG16 maps (64 MB an image), the maps' write and read through the store,
+    MS-SSIM terms and the 5 pair terms."""
+    from pigeon_bench.metrics import functional as Fn
+
+    sizes = ((64, 512), (128, 256), (256, 128), (512, 64), (512, 32))  # VGG16 relu1_2 .. relu5_3 at 512 px
+    maps = {f"l{i}": torch.randn(c, h, h).half() for i, (c, h) in enumerate(sizes)}
+    gen = [maps[k][None, None] for k in maps]
+    hist = [maps[k].expand(5, *maps[k].shape)[None] for k in maps]
+    x = torch.rand(1, 3, 512, 512) * 255
+    others = Fn.msssim_stats(torch.rand(5, 3, 512, 512) * 255)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = C.FeatureStore(tmp, memory_bytes=0, budget=None)
+        keys = iter(range(10**6))
+
+        def put_and_get() -> None:
+            key = f"{next(keys):064x}"
+            store.put("m", key, maps)
+            store.get("m", key)
+
+        io_seconds = _cpu_seconds(put_and_get)
+        store.close()
+    return {"lpips_5_pairs_from_maps": round(_cpu_seconds(lambda: Fn.lpips_from_maps(gen, hist)), 3),
+            "map_put_and_get": round(io_seconds, 3),
+            "msssim_terms_and_5_pairs": round(_cpu_seconds(lambda: Fn.ms_ssim_from_stats(
+                Fn.cat_msssim_stats([Fn.msssim_stats(x)] * 5), others)), 3),
+            "map_mb": round(sum(t.nbytes for t in maps.values()) / 1e6, 1)}
+
+
 def bench_paper(n_samples: int, n_folders: int) -> dict:
     """The paper architectures at 512 px on a small job; the official pattern priced by the per-image forward
     seconds measured here (its repeats are the same forwards again)."""
@@ -396,6 +434,7 @@ def bench_paper(n_samples: int, n_folders: int) -> dict:
         "cpu": figures("cpu"), "wall": figures("wall"),
         "per_folder": [{k: round(v, 1) for k, v in f.items()} for f in result["per_folder"]],
         "cache_bytes_per_generated_image": {k: round(v / n_gen) for k, v in disk.items()},
+        "overhead_cpu_seconds_per_generated_image": paper_overheads(),
     }
 
 

@@ -10,7 +10,8 @@ replicate is computed more cheaply, and exactly:
   centred and scaled by sqrt(c_i / (n - 1)), S = W^T W. Repeated rows are never materialised.
 - tr sqrt(S_a S_b) from the smaller side of W_a, W_b (m x d):
   - m <= d: the sum of the singular values of the m x m matrix W_a W_b^T (the non-zero eigenvalues of
-    S_a S_b = W_a^T W_a W_b^T W_b are those of (W_a W_b^T)(W_a W_b^T)^T);
+    S_a S_b = W_a^T W_a W_b^T W_b are those of (W_a W_b^T)(W_a W_b^T)^T). With n <= d the Gram matrices of
+    all rows are computed once and each replicate takes and centres its m x m blocks (no d factor);
   - m > d: the sum of sqrt(eigenvalues of L^T S_b L), L the Cholesky factor of S_a (L^{-1} S_a S_b L =
     L^T S_b L): one Cholesky and one symmetric eigenvalue problem without eigenvectors, d x d. A singular
     S_a uses its symmetric square root instead.
@@ -48,18 +49,38 @@ def _trace_sqrt_product(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(factor.T @ sb @ factor).clamp(min=0).sqrt().sum()
 
 
+def _from_grams(grams: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor,
+                w: torch.Tensor) -> torch.Tensor:
+    """FID of the weighted rows from the Gram matrices (a a^T, b b^T, a b^T) of all rows."""
+    n = w.sum()
+    aa, bb, ab = (g[rows][:, rows] for g in grams)
+    r, s = ab @ w / n, w @ ab / n  # a_i . mu_b, mu_a . b_j
+    mu_ab = w @ r / n
+    mu_aa, mu_bb = w @ aa @ w / n**2, w @ bb @ w / n**2  # ||mu_a||^2, ||mu_b||^2
+    tr_a = (w @ aa.diagonal() - n * mu_aa) / (n - 1)
+    tr_b = (w @ bb.diagonal() - n * mu_bb) / (n - 1)
+    root = w.sqrt()
+    cross = root[:, None] * (ab - r[:, None] - s[None, :] + mu_ab) * root[None, :] / (n - 1)  # W_a W_b^T
+    return mu_aa + mu_bb - 2 * mu_ab + tr_a + tr_b - 2 * torch.linalg.svdvals(cross).sum()
+
+
 def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
                    device: str | torch.device = "cpu") -> np.ndarray:
     """FID of a[rows] vs b[rows] for each row of ``indices`` (B, n): row i of a pairs with row i of b."""
     ta = torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
     tb = torch.as_tensor(np.asarray(b, dtype=np.float64), device=device)
+    n, d = ta.shape
+    grams = (ta @ ta.T, tb @ tb.T, ta @ tb.T) if n <= d else None
     indices = np.atleast_2d(np.asarray(indices, dtype=np.int64))
     out = np.empty(len(indices))
     for r, idx in enumerate(indices):
-        counts = np.bincount(idx, minlength=len(ta))
+        counts = np.bincount(idx, minlength=n)
         rows = np.flatnonzero(counts)
         w = torch.as_tensor(counts[rows].astype(np.float64), device=device)
         rows = torch.as_tensor(rows, device=device)
+        if grams is not None:
+            out[r] = float(_from_grams(grams, rows, w))
+            continue
         mu_a, wa = _weighted_rows(ta, rows, w)
         mu_b, wb = _weighted_rows(tb, rows, w)
         fid = (mu_a - mu_b).pow(2).sum() + wa.pow(2).sum() + wb.pow(2).sum() - 2 * _trace_sqrt_product(wa, wb)

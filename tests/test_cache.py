@@ -295,6 +295,16 @@ def test_entries_a_running_store_uses_are_never_evicted(tmp_path, monkeypatch):
     assert result.after < result.before and C.store_info(tmp_path).namespaces[0].entries == 0
 
 
+def test_a_closed_store_used_again_is_running_again(tmp_path):
+    store = C.FeatureStore(tmp_path, budget=None)
+    store.put_many(NS, _entries(2))
+    assert len(C.live_sessions(tmp_path)) == 1
+    store.close()
+    assert C.live_sessions(tmp_path) == []
+    store.get(NS, "0" * 64)
+    assert [s["pid"] for s in C.live_sessions(tmp_path)] == [os.getpid()]
+
+
 def test_the_budget_comes_from_the_environment_then_the_setting(tmp_path, monkeypatch):
     monkeypatch.delenv(C.BUDGET_ENV, raising=False)
     assert C.budget(tmp_path) == C.DEFAULT_BUDGET

@@ -468,19 +468,21 @@ class RowStore:
 
     def _begin(self) -> _Session:
         """Register this store as running (at its first disk access)."""
-        if self._session is None:
-            self._session = _Session(self.cache_root)
+        if self._record is None:
             self._record = _record(self.cache_root)
             self._record.stores.add(self)
             retire = weakref.finalize(self, self._record.retire, self.area, self.counters)
             retire.atexit = False  # at exit the record still counts this store as live
+        if self._session is None:
+            self._session = _Session(self.cache_root)
         return self._session
 
     def _tick(self) -> None:
         """Write this process's counters now and then (and at exit), and refresh the session's heartbeat."""
         if self._record is not None and time.time() - self._record.last_write > _FLUSH_SECONDS:
             self._record.write()
-            self._session.heartbeat()
+            if self._session is not None:
+                self._session.heartbeat()
 
     def flush(self) -> None:
         """Write this process's counters to the store now (they are also written at exit)."""
@@ -488,12 +490,14 @@ class RowStore:
             self._record.write()
 
     def close(self) -> None:
-        """Write the counters, close the database files and end the session (its entries become evictable)."""
+        """Write the counters, close the database files and end the session (its entries become evictable;
+        using the store again starts a new one)."""
         self.flush()
         for db in self._dbs.values():
             db.close()
         if self._session is not None:
             self._session.end()
+            self._session = None
 
     def _db(self, namespace: str, key: str) -> _Db:
         shard = zlib.crc32(key.encode()) % SHARDS

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -221,9 +222,10 @@ def job(root: Path, n_samples: int, n_folders: int, size: int, per_user: int = 8
         for sid, hist, ref in samples:
             for name in (*hist, ref):
                 seeds.setdefault(name, len(seeds) + 10**6)
-            inputs.append(SampleInputs(
-                sid, image(f"gen{f}-{sid}", hash((f, sid)) % 2**32), [image(h, seeds[h]) for h in hist],
-                [f"a picture of {h}" for h in hist], image(ref, seeds[ref]), f"a picture of {ref}"))
+            generated = image(f"gen{f}-{sid}", zlib.crc32(f"{f}-{sid}".encode()))
+            inputs.append(SampleInputs(sid, generated, [image(h, seeds[h]) for h in hist],
+                                       [f"a picture of {h}" for h in hist], image(ref, seeds[ref]),
+                                       f"a picture of {ref}"))
         folders.append(inputs)
     return folders
 

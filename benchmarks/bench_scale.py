@@ -20,8 +20,8 @@ cores; the flags below make them larger):
 - growth: the tiny profile at N, 4N, 16N samples (each size in a fresh process: peak RSS) and 1 vs 10 methods:
   wall seconds, peak RSS, cache bytes per generated image.
 
-    python benchmarks/bench_scale.py [--only SECTIONS] [--store-n 20000] [--fid-n 4555] [--paper-samples 2]
-        [--paper-folders 2] [--growth-n 8] [--growth-folders 20]
+    PYTHONPATH=. python benchmarks/bench_scale.py [--only SECTIONS] [--store-n 5000] [--fid-n 4555]
+        [--paper-samples 2] [--paper-folders 2] [--growth-n 8] [--growth-folders 20]
 """
 
 from __future__ import annotations
@@ -499,11 +499,11 @@ def bench_growth(n: int, table1_folders: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="store,fid,growth,paper")
-    parser.add_argument("--store-n", type=int, default=20000)
-    parser.add_argument("--store-shards", default="1,4,16")
+    parser.add_argument("--store-n", type=int, default=5000)
+    parser.add_argument("--store-shards", default="1,4")
     parser.add_argument("--store-no-files", action="store_true", help="skip the one-file-per-entry layout")
     parser.add_argument("--fid-n", type=int, default=4555)
-    parser.add_argument("--fid-reps", type=int, default=2, help="replicates timed per path")
+    parser.add_argument("--fid-reps", type=int, default=1, help="replicates timed per path")
     parser.add_argument("--paper-samples", type=int, default=2)
     parser.add_argument("--paper-folders", type=int, default=2)
     parser.add_argument("--growth-n", type=int, default=8)

@@ -19,6 +19,7 @@ from pigeon_bench.artifacts import image_digest
 from pigeon_bench.cli import app
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import preprocess as pre
+from pigeon_bench.metrics import tiny_training
 from pigeon_bench.metrics.backbones import (
     fid_network_input,
     inception_pool3,
@@ -261,8 +262,7 @@ def test_pytorch_fid_path_equals_the_package_and_the_official_fid_input(tmp_path
     scorer = Scorer("tiny", preprocess="official", cache_dir=tmp_path / "cache", progress=False)
     scores = scorer.score_samples([_sample(p, hist, q)])
     gen, ref = scores.sets["fid"]
-    from pigeon_bench.metrics import tiny_training  # the tiny profile's FID weights: trained on the demo world
-
+    # the tiny profile's FID weights: trained on the demo world
     trained = torch.load(tiny_training.ensure_trained(0) / tiny_training.INCEPTION_FILE, weights_only=True)
     monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: trained)
     reference = pytorch_fid_inception.InceptionV3([3]).eval()

@@ -39,6 +39,7 @@ from pigeon_bench.metrics import preprocess as pre
 from pigeon_bench.metrics import table
 from pigeon_bench.metrics.backbones import Backbone, pixels
 from pigeon_bench.metrics.cache import FeatureStore
+from pigeon_bench.metrics.fid_ci import fid_ci
 from pigeon_bench.metrics.preprocess import GENERATED, RESIZED, Preprocess, ResizeSpec
 from pigeon_bench.metrics.table import EMBEDDING, HISTORY, IMAGE, MAPS, PIXELS, REFERENCE, SET, TEXT, Metric
 from pigeon_bench.profiles import PAPER, Profile, get_profile
@@ -481,16 +482,14 @@ class Scorer:
                 metrics[m.name] = _NOT_SCORED
         for m in set_metrics:
             gen, ref = scores.sets[m.name]
-            of_rows = m.function(gen, ref)
             n_boot = self.n_boot if n <= gen.shape[1] else min(self.n_boot, FID_MAX_BOOT_LARGE_N)
             if n_boot < self.n_boot:
                 warnings.warn(f"{m.short}'s CI from {n_boot} resamples, not {self.n_boot}: with n = {n} > "
                               f"{gen.shape[1]} features each resample is a full covariance "
                               "eigendecomposition", stacklevel=2)
                 bootstrap[f"{m.name}_n_boot"] = n_boot
-            lo, hi = stats.bootstrap_ci(np.arange(n), n_boot, self.seed, level,
-                                        statistic=lambda rows, f=of_rows: f(rows.astype(np.int64)))
-            metrics[m.name] = {"mean": of_rows(np.arange(n)), "lo": lo, "hi": hi}
+            lo, hi = fid_ci(gen, ref, n_boot, self.seed, level)
+            metrics[m.name] = {"mean": m.function(gen, ref), "lo": lo, "hi": hi}
         return {
             "profile": self.profile.name,
             "notice": self.notice,

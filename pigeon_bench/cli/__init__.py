@@ -74,9 +74,9 @@ app = typer.Typer(
 
 
 def _mount() -> None:
-    from pigeon_bench.cli import data, models, reports, runs, validate
+    from pigeon_bench.cli import cache, data, models, reports, runs, validate
 
-    for module in (data, models, runs, reports, validate):
+    for module in (data, models, runs, reports, validate, cache):
         module.register(app)
     groups: dict[str, typer.Typer] = {}
     for name in METHOD_COMMANDS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 MsssimStats = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-_FID_CHUNK = 1 << 22  # resamples x n x n float64 per block of the vectorised FID bootstrap (32 MB)
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,24 +99,6 @@ def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
     return torch.prod(torch.stack(mcs) ** weights, dim=0).mean(1)
 
 
-def _weighted_fid(g_aa: np.ndarray, g_bb: np.ndarray, g_ab: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """FIDs of paired feature sets from their Gram matrices, one per row of counts ``c`` (B, n) (bootstrap
-    weights). A row left out has weight 0, so its row and column of the centred cross matrix are zero and add
-    no singular value: no subsetting is needed and all rows are solved in one batched SVD."""
-    n = c.sum(1)
-    ra, rb = c @ g_aa / n[:, None], c @ g_bb / n[:, None]  # x_i . mu (Gram matrices are symmetric)
-    mm_aa, mm_bb = (c * ra).sum(1) / n, (c * rb).sum(1) / n  # ||mu||^2
-    r_ab, s_ab = c @ g_ab.T / n[:, None], c @ g_ab / n[:, None]  # a_i . mu_b, mu_a . b_j
-    mm_ab = (c * r_ab).sum(1) / n
-    tr_a = (c @ np.diag(g_aa) - n * mm_aa) / (n - 1)
-    tr_b = (c @ np.diag(g_bb) - n * mm_bb) / (n - 1)
-    centred = g_ab[None] - r_ab[:, :, None] - s_ab[:, None, :] + mm_ab[:, None, None]
-    sq = np.sqrt(c)
-    m = sq[:, :, None] * centred * sq[:, None, :] / (n - 1)[:, None, None]
-    tr_sqrt = np.linalg.svd(m, compute_uv=False).sum(-1)
-    return mm_aa + mm_bb - 2 * mm_ab + tr_a + tr_b - 2 * tr_sqrt
-
-
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID between feature sets a (n1, d) and b (n2, d), in float64.
 
@@ -141,32 +122,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         ev = np.linalg.eigvalsh(sqrt_sa @ (bc.T @ bc) @ sqrt_sa)
         tr_sqrt = float(np.sqrt(np.clip(ev, 0, None)).sum())
     return float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_sqrt)
-
-
-def paired_fid(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """f(indices (B, n)) = FID of a[row] vs b[row] for each row (row i of a pairs with row i of b), for
-    bootstrapping; a 1-d index array gives a float.
-
-    When n <= d the Gram matrices are computed once and each resample only re-weights them (exact), in
-    batches of resamples; otherwise each resample is a ``frechet_distance``.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    n = len(a)
-    grams = (a @ a.T, b @ b.T, a @ b.T) if n <= a.shape[1] else None
-
-    def fid_of(idx: np.ndarray) -> np.ndarray | float:
-        rows = np.atleast_2d(np.asarray(idx, dtype=np.int64))
-        if grams is None:
-            out = np.array([frechet_distance(a[r], b[r]) for r in rows])
-        else:
-            out = np.empty(len(rows))
-            step = max(1, _FID_CHUNK // (n * n))
-            for start in range(0, len(rows), step):
-                block = rows[start:start + step]
-                flat = (block + n * np.arange(len(block))[:, None]).ravel()
-                counts = np.bincount(flat, minlength=len(block) * n).reshape(len(block), n).astype(np.float64)
-                out[start:start + step] = _weighted_fid(*grams, counts)
-        return float(out[0]) if np.ndim(idx) == 1 else out
-
-    return fid_of

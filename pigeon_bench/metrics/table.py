@@ -101,7 +101,7 @@ TABLE: tuple[Metric, ...] = (
     Metric("a_cs", "CS", True, 2, EMBEDDING, _COSINE, "clip", REFERENCE, TEXT, _A),
     Metric("a_cis", "CIS", True, 2, EMBEDDING, _COSINE, "clip", REFERENCE, IMAGE, _A),
     Metric("a_dis", "DIS", True, 2, EMBEDDING, _COSINE, "dino", REFERENCE, IMAGE, _A),
-    Metric("fid", "FID", False, 2, SET, "functional:paired_fid", "fid-inception", REFERENCE),
+    Metric("fid", "FID", False, 2, SET, "functional:frechet_distance", "fid-inception", REFERENCE),
 )
 METRICS: dict[str, Metric] = {m.name: m for m in TABLE}
 NAMES: tuple[str, ...] = tuple(METRICS)

@@ -40,12 +40,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory, _session_demo_dir: Path) -> d
 def test_the_demo_world_passes_every_expected_ordering(runs, scenario):
     result = V.check(runs[scenario])
     assert result.passed, result.to_markdown()
-    assert result.scenario == scenario and result.n >= 16 and result.notices == [TINY_NOTICE]
+    assert result.scenario == scenario and result.n >= 16
+    assert len(result.notices) == 1 and result.notices[0].startswith(TINY_NOTICE)
     expected = V.expected_orderings(grd_is_personal=scenario == "movie")  # movie: the reference is the target
     assert [o.expected for o in result.outcomes] == list(expected)
     assert all(o.p < V.ALPHA for o in result.outcomes)
     text = result.to_markdown()
-    assert text.startswith("## pigeon-bench validate: PASS") and f"**{TINY_NOTICE}**" in text
+    assert text.startswith("## pigeon-bench validate: PASS") and f"**{result.notices[0]}**" in text
     assert "| Sem. CIS ↑ | oracle > hist |" in text and "| Pers. LPIPS ↓ | hist < other-user |" in text
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pigeon_bench import artifacts, fileio
+from pigeon_bench import validate as known_answers
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.generation import create_generator
@@ -97,6 +98,8 @@ def reproduce(exp: Experiment, stage2: Path | None = None, dpo: dict[str, Any] |
 
     files.append(_write(dest / "table1-paper.md", build_report([report.parent], scenario=exp.scenario,
                                                                   paper=True)))
+    if known_answers.available(root):  # the demo world's known answers: is the evaluation itself sound?
+        files.append(_write(dest / "validity.md", known_answers.check(root, seed=exp.seed).to_markdown()))
     t3 = [("Pigeon", pigeon.selected.path)] + [(n, variant(n, o).selected.path) for n, o in TABLE3.items()]
     files.append(_write(dest / "table3.md", build_ablation(t3, paper=exp.scenario == "sticker")
                         + "\n" + _comparisons("Table 3", pigeon, [(n, Sweep(p.parent)) for n, p in t3[1:]])))
@@ -188,6 +191,7 @@ def _index(exp: Experiment, notice: str | None, files: list[Path]) -> str:
               "the paper has to hold):", ""]
     about = {"table1.md": "Table 1: every method, Pigeon's selections labelled",
              "table1-paper.md": "Table 1 beside the paper's rows",
+             "validity.md": "known-answer orderings of Hist, Grd, Oracle, Other user (`validate`)",
              "table3.md": "Table 3: instruction-encoding ablations (stage 1), with paired comparisons",
              "fig4a.png": "Fig. 4 (a): with and without the history mask",
              "fig4b.png": "Fig. 4 (b): α_h at inference, α_r = 0.5",

@@ -134,6 +134,11 @@ def _runs_of(runs: Mapping[str, str | Path] | str | Path) -> dict[str, RunFolder
     return {m: scored_run(given[m]) for m in METHODS}
 
 
+def available(folder: str | Path) -> bool:
+    """Whether ``folder`` (as ``run`` writes it) holds a scored run of each known-answer method."""
+    return all(RunFolder(Path(folder) / method_dirname(m)).has_summary() for m in METHODS)
+
+
 def _references_are_targets(run: RunFolder) -> bool:
     """Whether every sample of ``run`` takes its own target as the reference (read from its dataset)."""
     manifest = run.manifest()

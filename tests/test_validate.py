@@ -114,6 +114,12 @@ def test_check_needs_every_method(runs):
         V.check({m: runs["sticker"] / m for m in ("hist", "grd", "other-user")})
 
 
+def test_available_needs_a_scored_run_of_every_known_answer_method(runs, tmp_path):
+    assert V.available(runs["sticker"])  # what reproduce checks before writing its validity table
+    shutil.copytree(runs["sticker"], tmp_path / "runs", ignore=shutil.ignore_patterns("oracle"))
+    assert not V.available(tmp_path / "runs")
+
+
 @pytest.fixture
 def cli() -> typer.Typer:
     app = typer.Typer(cls=App, rich_markup_mode=None, add_completion=False)

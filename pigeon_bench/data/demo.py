@@ -30,7 +30,7 @@ from pigeon_bench.data.model import Dataset, dataset_files
 from pigeon_bench.data.sticker import EMOTIONS
 from pigeon_bench.errors import UserError
 
-DEMO_VERSION = 3  # bump when the drawings, the sizes or the item columns change: the cache key has it
+DEMO_VERSION = 4  # bump when the drawings, the sizes or the item columns change: the cache key has it
 
 CHARACTERS = ("cat", "bear", "bunny", "blob", "frog", "robot", "ghost", "bird")
 # name: (body, accent, background)

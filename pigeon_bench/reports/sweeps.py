@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ def plot_sweeps(sweep_dirs: Sequence[str | Path], out: str | Path,
     axes[0].legend(fontsize=7)
     notices = {s.notice for s in sweeps if s.notice}
     if notices:
-        fig.suptitle("; ".join(sorted(notices)), fontsize=8, color="firebrick")
+        width = int(16 * 3.2 * len(metrics))  # characters of 8 pt text across the figure
+        fig.suptitle(textwrap.fill("; ".join(sorted(notices)), width), fontsize=8, color="firebrick")
     with fileio.atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     return out

@@ -407,6 +407,7 @@ def bench_paper(n_samples: int, n_folders: int) -> dict:
         result = score_job(scorer, folders, clock)
         counts = scorer.forward_counts()
         scorer.store.close()  # the last connection folds the WAL into the database files
+        scorer.pairs.close()
         disk = _store_bytes(root / "cache")
     n_gen = n_samples * n_folders
     cpu_per_image = {k: clock.cpu[k] / counts[k] for k in counts if counts[k]}
@@ -468,6 +469,7 @@ def _growth_worker(n_samples: int, n_folders: int) -> dict:
         scorer = Scorer(profile="tiny", cache_dir=root / "cache", progress=False)
         result = score_job(scorer, folders, clock)
         scorer.store.close()
+        scorer.pairs.close()
         disk = _store_bytes(root / "cache")
     n_gen = n_samples * n_folders
     return {"samples": n_samples, "folders": n_folders, "wall_seconds": round(result["wall"], 1),

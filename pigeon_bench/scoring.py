@@ -404,10 +404,14 @@ class Scorer:
         need = {*((gen_path, g) for g, _ in todo), *((other_path, o) for _, o in todo)}
         for key in [key for key in held if key not in need]:
             del held[key]
+        by_path: dict[str, dict[str, ImageSource]] = {}  # one batch stream per input path, as _ensure_inputs
         for path, digests, sources in ((gen_path, [g for g, _ in todo], gen_u),
                                        (other_path, [o for _, o in todo], other_u)):
-            missing = {d: sources[d] for d in dict.fromkeys(digests) if (path, d) not in held}
-            held.update({(path, d): f for d, f in kind.features(missing, path).items()})
+            for d in dict.fromkeys(digests):
+                if (path, d) not in held:
+                    by_path.setdefault(path, {})[d] = sources[d]
+        for path, images in by_path.items():
+            held.update({(path, d): f for d, f in kind.features(images, path).items()})
         if not todo:
             return {}
         step = max(1, _PAIR_CHUNK_BYTES // (2 * kind.nbytes(held[(gen_path, todo[0][0])])))

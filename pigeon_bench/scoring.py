@@ -6,6 +6,13 @@ features are looked up in the content-addressed cache (``pigeon_bench.metrics.ca
 ones are computed, in batches. History, reference and text features are therefore shared across methods,
 alpha_r candidates and checkpoints scored with the same backbones and preprocessing.
 
+The pair metrics (LPIPS from VGG maps, MS-SSIM from per-image terms) store values, not features: one float
+per (generated image, paired image) in the pair table (``pigeon_bench.metrics.pairs``), beside the feature
+store. ``score_samples`` walks the samples in blocks of consecutive ones (sliding windows share history
+images), reads each block's known pairs, and forwards and computes only the missing ones, from maps and terms
+held for the block only (and those of the previous block that it shares). A rescoring, resume or re-report
+thus forwards no VGG image and computes no MS-SSIM term for a known pair.
+
 The preprocessing mode (``pigeon_bench.metrics.preprocess``: official, clean, fast) says by which input path
 (resized or original) each role (generated, history, reference) reaches each backbone; the path is part of the
 cache key, so features of one image computed by two paths are never mixed.

@@ -506,3 +506,16 @@ def test_no_weights_at_all_is_one_error_naming_every_backbone(world, no_weights,
     assert all(f"{bid} (looked in" in message for bid in B.BACKBONE_IDS)
     with pytest.raises(UserError, match=r"missing weights for clip \(looked in"):
         scorer.clip_image_embeddings([world[0] / "img" / "0.png"])
+
+
+def test_pair_namespaces_follow_the_maps_dtype_and_the_resize(tmp_path):
+    def namespaces(**options) -> tuple[str, str]:
+        scorer = Scorer(profile="tiny", cache_dir=tmp_path / "cache", progress=False, **options)
+        return tuple(scorer._pair_kind(table.get(m)).namespace for m in ("p_lpips", "p_msssim"))
+
+    fast = namespaces(resize=SIZE)
+    assert fast == namespaces(resize=SIZE)
+    official = namespaces(resize=SIZE, preprocess="official")  # float32 maps, the same resize
+    assert official[0] != fast[0] and official[1] == fast[1]
+    other = namespaces(resize=SIZE + 16)
+    assert other[0] != fast[0] and other[1] != fast[1]

@@ -487,6 +487,21 @@ class Scorer:
             self._warn_skipped(skipped)
         return SampleScores(df, sets, skipped)
 
+    def score_many(self, folders: Sequence[Sequence[SampleInputs]]) -> list[SampleScores]:
+        """``score_samples`` of each of ``folders`` (a job's methods and candidates over one dataset) in one
+        pass: the samples interleaved by position, so that a pair-metric block holds every folder's generated
+        images of a few consecutive samples with the history images they share, and each history image goes
+        through VGG once per job instead of once per folder."""
+        order = sorted((i, f) for f, folder in enumerate(folders) for i in range(len(folder)))
+        scores = self.score_samples([folders[f][i] for i, f in order])
+        rows: list[list[int]] = [[] for _ in folders]
+        for row, (_, f) in enumerate(order):
+            rows[f].append(row)
+        return [SampleScores(scores.frame.iloc[r].reset_index(drop=True),
+                             {m: (gen[r], ref[r]) for m, (gen, ref) in scores.sets.items()},
+                             dict(scores.skipped))
+                for r in rows]
+
     def _ensure_inputs(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
                        paired: dict[str, _Paired]) -> None:
         """Features of the generated images and of the paired images and texts that ``uses`` read, each role's

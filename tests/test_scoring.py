@@ -519,3 +519,27 @@ def test_pair_namespaces_follow_the_maps_dtype_and_the_resize(tmp_path):
     assert official[0] != fast[0] and official[1] == fast[1]
     other = namespaces(resize=SIZE + 16)
     assert other[0] != fast[0] and other[1] != fast[1]
+
+
+def test_score_many_forwards_each_history_image_once_per_job(world, tmp_path):
+    from pigeon_bench.data.model import Dataset
+    from pigeon_bench.scoring import sample_inputs
+
+    ds, run = world
+    other = tmp_path / "other"
+    for s in range(4):
+        fileio.save_image(other / f"s{s}.png", _drawing(300 + s, size=64))
+    dataset = Dataset(ds)
+    folders = [[sample_inputs(dataset, s, folder / f"{s.sample_id}.png") for s in dataset.samples()]
+               for folder in (run / "images", other)]
+    job = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "job", progress=False)
+    together = job.score_many(folders)
+    assert job.forward_counts()["lpips-vgg"] == 2 * 4 + 8  # one pass: history items 0..7 once
+    apart = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "apart", progress=False)
+    separate = [apart.score_samples(folder) for folder in folders]
+    assert apart.forward_counts()["lpips-vgg"] == 2 * (4 + 8)
+    for got, want in zip(together, separate, strict=True):
+        pd.testing.assert_frame_equal(got.frame, want.frame, rtol=1e-6)
+        for m, (gen, ref) in want.sets.items():
+            np.testing.assert_allclose(got.sets[m][0], gen, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(got.sets[m][1], ref)

@@ -16,8 +16,8 @@ cores; the flags below make them larger):
   the same images in the same process (its repeats are the same forwards again); per generated image:
   seconds, backbone forwards, the backbone-forward-only time (the bound no scorer beats), cache bytes on
   disk, and the same extrapolated to a Table-1 job of 20 folders from the measured first and later folders.
-- growth: the tiny profile at N, 4N, 16N samples (each size in a fresh process: peak RSS) and 1 vs 10 methods:
-  wall seconds, peak RSS, cache bytes per generated image.
+- growth: the tiny profile at N, 4N, 16N samples (each size in a fresh process: peak RSS) and 1 vs 20 folders
+  (one after another, and in one `Scorer.score_many` pass): wall seconds, peak RSS, cache bytes per image.
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--only SECTIONS] [--store-n 5000] [--fid-n 4555]
         [--paper-samples 2] [--paper-folders 2] [--growth-n 8] [--growth-folders 20]
@@ -407,6 +407,7 @@ def bench_paper(n_samples: int, n_folders: int) -> dict:
         result = score_job(scorer, folders, clock)
         counts = scorer.forward_counts()
         scorer.store.close()  # the last connection folds the WAL into the database files
+        scorer.pairs.close()
         disk = _store_bytes(root / "cache")
     n_gen = n_samples * n_folders
     cpu_per_image = {k: clock.cpu[k] / counts[k] for k in counts if counts[k]}
@@ -453,8 +454,23 @@ def bench_paper(n_samples: int, n_folders: int) -> dict:
     }
 
 
-def _growth_worker(n_samples: int, n_folders: int) -> dict:
-    """One size of the growth section, in its own process (peak RSS is per process)."""
+def _one_pass(scorer, folders: list[list], clock: Clock) -> dict:
+    """Score every folder in one ``score_many`` pass (then each summary), timed as ``score_job`` times one."""
+    import warnings
+
+    scorer.fingerprints()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for scores in scorer.score_many(folders):
+            scorer.summarize(scores)
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "forward_wall": sum(clock.wall.values()), "forward_cpu": sum(clock.cpu.values())}
+
+
+def _growth_worker(n_samples: int, n_folders: int, one_pass: int = 0) -> dict:
+    """One size of the growth section, in its own process (peak RSS is per process); ``one_pass``: the
+    folders through ``Scorer.score_many``."""
     from pigeon_bench.scoring import Scorer
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -466,8 +482,9 @@ def _growth_worker(n_samples: int, n_folders: int) -> dict:
         t_data = time.perf_counter() - t0
         rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         scorer = Scorer(profile="tiny", cache_dir=root / "cache", progress=False)
-        result = score_job(scorer, folders, clock)
+        result = (_one_pass if one_pass else score_job)(scorer, folders, clock)
         scorer.store.close()
+        scorer.pairs.close()
         disk = _store_bytes(root / "cache")
     n_gen = n_samples * n_folders
     return {"samples": n_samples, "folders": n_folders, "wall_seconds": round(result["wall"], 1),
@@ -481,14 +498,16 @@ def _growth_worker(n_samples: int, n_folders: int) -> dict:
 
 
 def bench_growth(n: int, table1_folders: int) -> dict:
-    def run(samples: int, folders: int) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--growth-worker", str(samples), str(folders)],
+    def run(samples: int, folders: int, one_pass: int = 0) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--growth-worker", str(samples), str(folders),
+                              str(one_pass)],
                              cwd=ROOT, capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         return json.loads(out.stdout)
 
     sizes = {f"{k}N": run(k * n, 1) for k in (1, 4, 16)}
-    methods = {"1_folder": sizes["1N"], f"{table1_folders}_folders": run(n, table1_folders)}
+    methods = {"1_folder": sizes["1N"], f"{table1_folders}_folders": run(n, table1_folders),
+               f"{table1_folders}_folders_one_pass": run(n, table1_folders, 1)}
     cpu = {k: v["cpu_seconds_per_generated_image"] for k, v in sizes.items()}
     return {"N": n, "samples": sizes, "folders": methods,
             "peak_rss_16N_over_N": round(sizes["16N"]["peak_rss_mb"] / sizes["1N"]["peak_rss_mb"], 2),
@@ -508,7 +527,7 @@ def main() -> None:
     parser.add_argument("--growth-n", type=int, default=8)
     parser.add_argument("--growth-folders", type=int, default=20, help="a Table-1 job: 9 methods + 11 alphas")
     parser.add_argument("--store-writer", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--growth-worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--growth-worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.store_writer:
         root, n, seed = args.store_writer

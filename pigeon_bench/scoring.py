@@ -6,6 +6,13 @@ features are looked up in the content-addressed cache (``pigeon_bench.metrics.ca
 ones are computed, in batches. History, reference and text features are therefore shared across methods,
 alpha_r candidates and checkpoints scored with the same backbones and preprocessing.
 
+The pair metrics (LPIPS from VGG maps, MS-SSIM from per-image terms) store values, not features: one float
+per (generated image, paired image) in the pair table (``pigeon_bench.metrics.pairs``), beside the feature
+store. ``score_samples`` walks the samples in blocks of consecutive ones (sliding windows share history
+images), reads each block's known pairs, and forwards and computes only the missing ones, from maps and terms
+held for the block only (and those of the previous block that it shares). A rescoring, resume or re-report
+thus forwards no VGG image and computes no MS-SSIM term for a known pair.
+
 The preprocessing mode (``pigeon_bench.metrics.preprocess``: official, clean, fast) says by which input path
 (resized or original) each role (generated, history, reference) reaches each backbone; the path is part of the
 cache key, so features of one image computed by two paths are never mixed.
@@ -18,9 +25,10 @@ naming every missing one).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +48,7 @@ from pigeon_bench.metrics import table
 from pigeon_bench.metrics.backbones import Backbone, pixels
 from pigeon_bench.metrics.cache import FeatureStore
 from pigeon_bench.metrics.fid_ci import fid_ci
+from pigeon_bench.metrics.pairs import Pair, PairStore, pair_namespace
 from pigeon_bench.metrics.preprocess import GENERATED, RESIZED, Preprocess, ResizeSpec
 from pigeon_bench.metrics.table import EMBEDDING, HISTORY, IMAGE, MAPS, PIXELS, REFERENCE, SET, TEXT, Metric
 from pigeon_bench.profiles import PAPER, Profile, get_profile
@@ -53,9 +62,11 @@ FID_RECOMMENDED_N = 2048  # the Inception feature dimension: below it FID's cova
 # Resamples for FID's CI when n exceeds the feature dimension: each resample is then a full (d, d) covariance
 # and eigendecomposition (about 4 s at the paper's n = 4,555 and d = 2,048 on 2 CPU cores).
 FID_MAX_BOOT_LARGE_N = 100
-_MSSSIM_LRU_BYTES = 1 << 30  # MS-SSIM terms kept in memory: ~12 MB an image at 512 px, ~1.7 MB at 192
 _PIXELS_LRU_BYTES = 1 << 29  # decoded images (original and resized), reused within one score_samples call
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
+# Distinct images (generated and paired) of one block of consecutive samples: the LPIPS maps and MS-SSIM terms
+# held at once (64 MB / 12 MB an image at 512 px with float16 maps).
+_BLOCK_IMAGES = 16
 _NOT_SCORED = {"mean": None, "lo": None, "hi": None}
 
 NO_TEXTS = "no texts"  # why a text metric was skipped (in place of a missing backbone)
@@ -90,6 +101,18 @@ class _Paired:
     sources: dict[str, ImageSource]
     texts: list[str]
     k: int
+
+
+@dataclass
+class _PairKind:
+    """How a pair metric is computed block by block: its pair-table namespace, the input paths of the
+    generated and the paired images, each image's features, and the vectorised values of matching lists."""
+
+    namespace: str
+    paths: tuple[str, str]
+    features: Callable[[dict[str, ImageSource], str], dict[str, object]]  # (digest -> source, path)
+    values: Callable[[list, list], torch.Tensor]  # (p,) from p generated and p paired images' features
+    nbytes: Callable[[object], int]  # bytes of one image's features and its pair temporaries
 
 
 def _nbytes(stats: Fn.MsssimStats) -> int:
@@ -131,8 +154,7 @@ class Scorer:
         self.store = FeatureStore(cache_dir)
         self._backbones: dict[str, Backbone] = {}
         self._missing: dict[str, Resolved] = {}
-        self._msssim: OrderedDict[str, Fn.MsssimStats] = OrderedDict()
-        self._msssim_bytes = 0
+        self.pairs = PairStore(self.store.cache_root)  # the pair metrics' values, beside the features
         self._file_digests: dict[tuple[str, int, int], str] = {}
         # (digest, input path) -> the decoded image (ORIGINAL) or the resized one (RESIZED)
         self._pixels: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
@@ -199,16 +221,21 @@ class Scorer:
         """Compute and store features for the digests in ``images`` (reaching ``backbone`` by input ``path``)
         that the cache lacks, in batches."""
         ns = self._namespace(backbone, path)
-        todo = [d for d in images if not self.store.has(ns, d)]
-        if not todo:
-            return
+        todo = {d: src for d, src in images.items() if not self.store.has(ns, d)}
+        for d, own in self._encoded(backbone, todo, path):
+            self.store.put(ns, d, own)
+
+    def _encoded(self, backbone: Backbone, images: dict[str, ImageSource],
+                 path: str) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """(digest, own copy of its features) for each of ``images`` through ``backbone`` by input ``path``,
+        in batches."""
+        todo = list(images)
         with self._progress(f"{backbone.id} features", len(todo)) as advance:
             for start in range(0, len(todo), self.batch_size):
                 chunk = todo[start:start + self.batch_size]
                 feats = backbone.encode([self._image(d, images[d], path) for d in chunk])
                 for i, d in enumerate(chunk):
-                    own = {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in feats.items()}
-                    self.store.put(ns, d, own)
+                    yield d, {k: v[i].clone(memory_format=torch.contiguous_format) for k, v in feats.items()}
                 advance(len(chunk))
 
     def _stack(self, namespace: str, keys: Sequence[str], name: str) -> torch.Tensor:
@@ -290,26 +317,18 @@ class Scorer:
         self._release_pixels()
         return self._stack(self._namespace(clip, path), digests, clip.outputs[0])
 
-    def _msssim_terms(self, images: dict[str, ImageSource]) -> dict[str, Fn.MsssimStats]:
-        """Each image's own MS-SSIM terms, computed in batches for those missing from an in-memory LRU of
-        1 GiB (history images recur across runs).
+    def _msssim_terms(self, images: dict[str, ImageSource], path: str) -> dict[str, Fn.MsssimStats]:
+        """Each image's own MS-SSIM terms, in batches.
 
         Not written to disk: at about 12 MB per 512 px image, writing them costs more than recomputing them.
         """
-        todo = [d for d in images if d not in self._msssim]
+        out = {}
+        todo = list(images)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
-            batch = Fn.msssim_stats(pixels([self._image(d, images[d]) for d in chunk]))
+            batch = Fn.msssim_stats(pixels([self._image(d, images[d], path) for d in chunk]))
             for i, d in enumerate(chunk):  # own copies: a slice would keep the whole batch alive
-                terms = [tuple(t[i:i + 1].clone() for t in level) for level in batch]
-                self._msssim[d] = terms
-                self._msssim_bytes += _nbytes(terms)
-        out = {}
-        for d in images:
-            self._msssim.move_to_end(d)
-            out[d] = self._msssim[d]
-        while self._msssim_bytes > _MSSSIM_LRU_BYTES and len(self._msssim) > len(out):
-            self._msssim_bytes -= _nbytes(self._msssim.popitem(last=False)[1])
+                out[d] = [tuple(t[i:i + 1].clone() for t in level) for level in batch]
         return out
 
     def _pairwise(self, gen_d: Sequence[str], other: Sequence[str], per_image_bytes: int,
@@ -322,6 +341,94 @@ class Scorer:
         out = [score(list(gen_d[start:start + step]), list(other[start * k:(start + step) * k]))
                for start in range(0, n, step)]
         return torch.cat(out).double().mean(1).numpy()
+
+    def _pair_kind(self, m: Metric) -> _PairKind:
+        """How MAPS / PIXELS metric ``m`` is computed; its namespace holds every input of its values besides
+        the two images (the backbone's weights, preprocessing and maps dtype, each role's input path)."""
+        paths = (self.preprocess.path(m.backbone, GENERATED), self.preprocess.path(m.backbone, m.pairing))
+        if m.kind == MAPS:
+            backbone = self.backbone(m.backbone)
+            roles = f"{self._role_namespace(backbone, GENERATED)}|{self._role_namespace(backbone, m.pairing)}"
+
+            def map_values(gen: list[dict[str, torch.Tensor]], other: list[dict[str, torch.Tensor]]):
+                return m.function([torch.stack([g[x] for g in gen]) for x in backbone.outputs],
+                                  [torch.stack([o[x] for o in other]) for x in backbone.outputs])
+
+            # bytes per image: its maps + their float32 difference
+            return _PairKind(pair_namespace(m.name, backbone.fingerprint, roles), paths,
+                             lambda images, path: dict(self._encoded(backbone, images, path)), map_values,
+                             lambda maps: sum(t.nbytes + 4 * t.numel() for t in maps.values()))
+        if m.kind == PIXELS:
+            inputs = "|".join(self.preprocess.input_id(path) for path in paths)
+            # bytes per image: its MS-SSIM terms + the pair temporaries
+            return _PairKind(pair_namespace(m.name, hashlib.sha256(m.fn.encode()).hexdigest(), inputs), paths,
+                             self._msssim_terms,
+                             lambda gen, other: m.function(Fn.cat_msssim_stats(gen),
+                                                           Fn.cat_msssim_stats(other)),
+                             lambda terms: 2 * _nbytes(terms))
+        raise ValueError(f"metric {m.name}: kind {m.kind!r} is not a MAPS or PIXELS pair metric")
+
+    @staticmethod
+    def _blocks(gen_d: Sequence[str], others: Sequence[_Paired]) -> list[range]:
+        """Consecutive samples in blocks of at most _BLOCK_IMAGES distinct images (at least one sample each):
+        in sample order, so that samples sharing history images share a block."""
+        blocks, start, seen = [], 0, set()
+        for i, g in enumerate(gen_d):
+            images = {g, *(d for o in others for d in o.digests[i * o.k:(i + 1) * o.k])}
+            if i > start and len(seen | images) > _BLOCK_IMAGES:
+                blocks.append(range(start, i))
+                start, seen = i, set()
+            seen |= images
+        return [*blocks, range(start, len(gen_d))]
+
+    def _streamed_pairs(self, metrics: Sequence[Metric], gen_d: list[str], gen_u: dict[str, ImageSource],
+                        paired: dict[str, _Paired]) -> dict[str, np.ndarray]:
+        """(n,) per-sample value of each MAPS / PIXELS metric of ``metrics`` (the mean over the k items of its
+        pairing), block by block: the block's pair values from the pair table, the missing ones computed from
+        features held for the block only (and those the previous block computed, when this one needs them) and
+        written back."""
+        n = len(gen_d)
+        kinds = {m.name: self._pair_kind(m) for m in metrics}
+        held: dict[str, dict[tuple[str, str], object]] = {m.name: {} for m in metrics}
+        out = {m.name: np.empty((n, paired[m.pairing].k)) for m in metrics}
+        for block in self._blocks(gen_d, [paired[m.pairing] for m in metrics]):
+            for m in metrics:
+                kind, other = kinds[m.name], paired[m.pairing]
+                k = other.k
+                pairs = [(gen_d[i], o) for i in block for o in other.digests[i * k:(i + 1) * k]]
+                values = self.pairs.get_many(kind.namespace, pairs)
+                todo = [p for p in dict.fromkeys(pairs) if p not in values]
+                new = self._compute_pairs(kind, todo, held[m.name], gen_u, other.sources)
+                self.pairs.put_many(kind.namespace, new)
+                values.update(new)
+                out[m.name][block.start:block.stop] = np.reshape([values[p] for p in pairs], (len(block), k))
+        return {name: torch.from_numpy(v).mean(1).numpy() for name, v in out.items()}
+
+    def _compute_pairs(self, kind: _PairKind, todo: list[Pair], held: dict[tuple[str, str], object],
+                       gen_u: dict[str, ImageSource], other_u: dict[str, ImageSource]) -> dict[Pair, float]:
+        """The values of ``todo``'s pairs; ``held`` ((path, digest) -> features) keeps only what they need."""
+        gen_path, other_path = kind.paths
+        need = {*((gen_path, g) for g, _ in todo), *((other_path, o) for _, o in todo)}
+        for key in [key for key in held if key not in need]:
+            del held[key]
+        by_path: dict[str, dict[str, ImageSource]] = {}  # one batch stream per input path, as _ensure_inputs
+        for path, digests, sources in ((gen_path, [g for g, _ in todo], gen_u),
+                                       (other_path, [o for _, o in todo], other_u)):
+            for d in dict.fromkeys(digests):
+                if (path, d) not in held:
+                    by_path.setdefault(path, {})[d] = sources[d]
+        for path, images in by_path.items():
+            held.update({(path, d): f for d, f in kind.features(images, path).items()})
+        if not todo:
+            return {}
+        step = max(1, _PAIR_CHUNK_BYTES // (2 * kind.nbytes(held[(gen_path, todo[0][0])])))
+        values: dict[Pair, float] = {}
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            got = kind.values([held[(gen_path, g)] for g, _ in chunk],
+                              [held[(other_path, o)] for _, o in chunk])
+            values.update(zip(chunk, got.tolist(), strict=True))
+        return values
 
     # ------------------------------------------------------------ scoring
 
@@ -346,16 +453,21 @@ class Scorer:
         found = {bid: self._find(bid) for bid in table.BACKBONES}
         if not any(found.values()):
             raise MissingWeights(list(self._missing.values()), self.profile.name)
-        for bid, backbone in found.items():  # each backbone over every image and text its metrics read, once
-            if backbone is not None:
-                uses = [m for m in table.TABLE if m.backbone == bid and m.name not in untexted]
+        for bid, backbone in found.items():  # each backbone over the images and texts of its stored features
+            uses = [m for m in table.TABLE if m.backbone == bid and m.name not in untexted and m.kind != MAPS]
+            if backbone is not None and uses:
                 self._ensure_inputs(backbone, uses, gen_u, paired)
 
         skipped = {m.name: m.backbone for m in table.TABLE if m.backbone and found[m.backbone] is None}
         skipped |= dict.fromkeys(untexted, NO_TEXTS)
         df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
+        streamed = self._streamed_pairs([m for m in table.PER_SAMPLE if m.kind in (MAPS, PIXELS)
+                                         and m.name not in skipped], gen_d, gen_u, paired)
         for m in table.PER_SAMPLE:
-            values = np.full(n, np.nan) if m.name in skipped else self._pair_metric(m, gen_d, gen_u, paired)
+            if m.name in skipped:
+                values = np.full(n, np.nan)
+            else:
+                values = streamed[m.name] if m.name in streamed else self._embedding_metric(m, gen_d, paired)
             df[m.name] = values.astype(np.float64)
         self._release_pixels()
         sets = {}
@@ -375,6 +487,21 @@ class Scorer:
             self._warn_skipped(skipped)
         return SampleScores(df, sets, skipped)
 
+    def score_many(self, folders: Sequence[Sequence[SampleInputs]]) -> list[SampleScores]:
+        """``score_samples`` of each of ``folders`` (a job's methods and candidates over one dataset) in one
+        pass: the samples interleaved by position, so that a pair-metric block holds every folder's generated
+        images of a few consecutive samples with the history images they share, and each history image goes
+        through VGG once per job instead of once per folder."""
+        order = sorted((i, f) for f, folder in enumerate(folders) for i in range(len(folder)))
+        scores = self.score_samples([folders[f][i] for i, f in order])
+        rows: list[list[int]] = [[] for _ in folders]
+        for row, (_, f) in enumerate(order):
+            rows[f].append(row)
+        return [SampleScores(scores.frame.iloc[r].reset_index(drop=True),
+                             {m: (gen[r], ref[r]) for m, (gen, ref) in scores.sets.items()},
+                             dict(scores.skipped))
+                for r in rows]
+
     def _ensure_inputs(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
                        paired: dict[str, _Paired]) -> None:
         """Features of the generated images and of the paired images and texts that ``uses`` read, each role's
@@ -393,51 +520,24 @@ class Scorer:
         if texts:
             self._ensure_texts(backbone, texts)
 
-    def _pair_metric(self, m: Metric, gen_d: list[str], gen_u: dict[str, ImageSource],
-                     paired: dict[str, _Paired]) -> np.ndarray:
-        """(n,) per-sample ``m``: its function over each generated image and its paired items, averaged over
-        the k items of the pairing (history: 5, reference: 1)."""
+    def _embedding_metric(self, m: Metric, gen_d: list[str], paired: dict[str, _Paired]) -> np.ndarray:
+        """(n,) per-sample EMBEDDING metric ``m``: its function over each generated image's stored embedding
+        and its paired items', averaged over the k items of the pairing (history: 5, reference: 1)."""
+        if m.kind != EMBEDDING:
+            raise ValueError(f"metric {m.name}: kind {m.kind!r} is not an embedding metric")
         fn, other = m.function, paired[m.pairing]
         k = other.k
-        if m.kind == EMBEDDING:
-            backbone = self.backbone(m.backbone)
-            ns, name = self._role_namespace(backbone, GENERATED), backbone.outputs[0]
-            other_ns, keys = ((backbone.text_namespace, [text_digest(t) for t in other.texts])
-                              if m.against == TEXT else
-                              (self._role_namespace(backbone, m.pairing), other.digests))
+        backbone = self.backbone(m.backbone)
+        ns, name = self._role_namespace(backbone, GENERATED), backbone.outputs[0]
+        other_ns, keys = ((backbone.text_namespace, [text_digest(t) for t in other.texts])
+                          if m.against == TEXT else
+                          (self._role_namespace(backbone, m.pairing), other.digests))
 
-            def embedding_pairs(g: list[str], o: list[str]) -> torch.Tensor:
-                return fn(self._stack(ns, g, name)[:, None],
-                          self._stack(other_ns, o, name).unflatten(0, (len(g), k)))
+        def embedding_pairs(g: list[str], o: list[str]) -> torch.Tensor:
+            return fn(self._stack(ns, g, name)[:, None],
+                      self._stack(other_ns, o, name).unflatten(0, (len(g), k)))
 
-            return self._pairwise(gen_d, keys, self._stack(ns, gen_d[:1], name).nbytes, embedding_pairs)
-        if m.kind == MAPS:
-            backbone = self.backbone(m.backbone)
-            ns = self._role_namespace(backbone, GENERATED)
-            other_ns = self._role_namespace(backbone, m.pairing)
-
-            def map_pairs(g: list[str], o: list[str]) -> torch.Tensor:
-                gen_maps = {d: self.store.get(ns, d) for d in dict.fromkeys(g)}
-                other_maps = {d: self.store.get(other_ns, d) for d in dict.fromkeys(o)}
-                return fn([torch.stack([gen_maps[d][x] for d in g])[:, None] for x in backbone.outputs],
-                          [torch.stack([other_maps[d][x] for d in o]).unflatten(0, (len(g), k))
-                           for x in backbone.outputs])
-
-            # bytes per image of a block: the stored maps + their float32 difference
-            map_bytes = sum(t.nbytes + 4 * t.numel() for t in self.store.get(ns, gen_d[0]).values())
-            return self._pairwise(gen_d, other.digests, map_bytes, map_pairs)
-        if m.kind == PIXELS:
-            sources = {**other.sources, **gen_u}
-
-            def pixel_pairs(g: list[str], o: list[str]) -> torch.Tensor:
-                terms = self._msssim_terms({d: sources[d] for d in dict.fromkeys([*g, *o])})
-                return fn(Fn.cat_msssim_stats([terms[d] for d in g for _ in range(k)]),
-                          Fn.cat_msssim_stats([terms[d] for d in o])).reshape(len(g), k)
-
-            # bytes per image of a block: MS-SSIM terms + the pair temporaries
-            first = self._msssim_terms({gen_d[0]: gen_u[gen_d[0]]})[gen_d[0]]
-            return self._pairwise(gen_d, other.digests, 2 * _nbytes(first), pixel_pairs)
-        raise ValueError(f"metric {m.name}: kind {m.kind!r} is not a per-sample pair metric")
+        return self._pairwise(gen_d, keys, self._stack(ns, gen_d[:1], name).nbytes, embedding_pairs)
 
     def _warn_skipped(self, skipped: dict[str, str]) -> None:
         """One line: the weights missing, where scoring looked, and the columns left unscored."""

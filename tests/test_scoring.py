@@ -152,28 +152,72 @@ def test_msssim_matches_pytorch_msssim_on_resized_images(world, scored):
     assert df.loc["s1", "p_msssim"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, scored, monkeypatch):
+def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, scored, monkeypatch, tmp_path):
     from pytorch_msssim import ms_ssim
 
     from pigeon_bench import scoring
 
-    scorer, _, _ = scored
     ds, run = world
     df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
 
     def t(im):
         return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)
 
-    for s in range(4):  # all pairs of all samples were scored in one vectorised block
+    for s in range(4):  # all pairs of all samples were scored in one block
         gen = t(_resized(run / "images" / f"s{s}.png"))
         hist = torch.stack([t(_resized(ds / "img" / f"{(s + j) % 9}.png")) for j in range(5)])
         expected = ms_ssim(gen[None].expand_as(hist), hist, data_range=255, size_average=False).mean().item()
         assert df.loc[f"s{s}", "p_msssim"] == pytest.approx(expected, abs=1e-6)
-    monkeypatch.setattr(scoring, "_PAIR_CHUNK_BYTES", 1)  # one sample per block
+    monkeypatch.setattr(scoring, "_BLOCK_IMAGES", 1)  # one sample per block
+    monkeypatch.setattr(scoring, "_PAIR_CHUNK_BYTES", 1)  # one pair per vectorised chunk
+    scorer = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "cold", n_boot=200, progress=False)
+    assert [len(b) for b in scorer._blocks(["g0", "g1"], [scoring._Paired(["a", "b"], {}, [], 1)])] == [1, 1]
     with pytest.warns(UserWarning):
         again = scorer.score_run(run)
     assert again["metrics"]["p_msssim"]["mean"] == pytest.approx(df["p_msssim"].mean(), abs=1e-12)
     assert again["metrics"]["p_lpips"]["mean"] == pytest.approx(df["p_lpips"].mean(), abs=1e-9)
+    # the next block reuses the maps of the history images it shares with the previous one
+    assert scorer.forward_counts()["lpips-vgg"] == 4 + 8
+
+
+def test_warm_pair_values_are_read_back_identical_and_no_lpips_maps_are_stored(world, scored, monkeypatch):
+    from pigeon_bench.metrics import cache as C
+
+    _, _, cache = scored
+    cold = pd.read_parquet(world[1] / "scores.parquet")
+    info = C.store_info(cache)
+    assert not [ns for ns in info.namespaces if ns.namespace.startswith("lpips-vgg/")]
+    assert {ns.area for ns in info.namespaces if ns.namespace.startswith("clip/")} == {C.FEATURES}
+    pairs = {ns.namespace.split("/")[0]: ns.entries for ns in info.namespaces if ns.area == C.PAIRS}
+    assert pairs == {"p_lpips": 4 * 5, "p_msssim": 4 * 5}  # each sample's 5 distinct history images
+    warm = Scorer(profile="tiny", resize=SIZE, cache_dir=cache, n_boot=200, progress=False)
+    monkeypatch.setattr(Fn, "msssim_stats", lambda x: pytest.fail("MS-SSIM terms of a known pair"))
+    with pytest.warns(UserWarning):
+        warm.score_run(world[1])
+    pd.testing.assert_frame_equal(pd.read_parquet(world[1] / "scores.parquet"), cold, check_exact=True)
+    assert warm.forward_counts()["lpips-vgg"] == 0
+    assert warm.pairs.counters[warm._pair_kind(table.get("p_lpips")).namespace].hits == 4 * 5
+
+
+def test_only_the_missing_pairs_are_computed_and_equal_a_cold_scoring(world, scored, tmp_path):
+    _, _, cache = scored
+    _, run = world
+    changed = tmp_path / "run"
+    shutil.copytree(run, changed)
+    for s in (2, 3):  # a method whose images differ from the scored run's for s2 and s3 only
+        fileio.save_image(changed / "images" / f"s{s}.png", _drawing(200 + s, size=64))
+    partly = Scorer(profile="tiny", resize=SIZE, cache_dir=cache, n_boot=200, progress=False)
+    with pytest.warns(UserWarning):
+        partly.score_run(changed)
+    # VGG for the 2 new images and the history images of their pairs (items 2..7), not for s0 and s1
+    assert partly.forward_counts()["lpips-vgg"] == 2 + 6
+    got = pd.read_parquet(changed / "scores.parquet")
+    fresh = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "fresh", n_boot=200, progress=False)
+    with pytest.warns(UserWarning):
+        fresh.score_run(changed)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(changed / "scores.parquet"), check_exact=True)
+    known = pd.read_parquet(run / "scores.parquet")
+    pd.testing.assert_frame_equal(got.iloc[:2], known.iloc[:2], check_exact=True)
 
 
 def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(tmp_path, monkeypatch):
@@ -462,3 +506,40 @@ def test_no_weights_at_all_is_one_error_naming_every_backbone(world, no_weights,
     assert all(f"{bid} (looked in" in message for bid in B.BACKBONE_IDS)
     with pytest.raises(UserError, match=r"missing weights for clip \(looked in"):
         scorer.clip_image_embeddings([world[0] / "img" / "0.png"])
+
+
+def test_pair_namespaces_follow_the_maps_dtype_and_the_resize(tmp_path):
+    def namespaces(**options) -> tuple[str, str]:
+        scorer = Scorer(profile="tiny", cache_dir=tmp_path / "cache", progress=False, **options)
+        return tuple(scorer._pair_kind(table.get(m)).namespace for m in ("p_lpips", "p_msssim"))
+
+    fast = namespaces(resize=SIZE)
+    assert fast == namespaces(resize=SIZE)
+    official = namespaces(resize=SIZE, preprocess="official")  # float32 maps, the same resize
+    assert official[0] != fast[0] and official[1] == fast[1]
+    other = namespaces(resize=SIZE + 16)
+    assert other[0] != fast[0] and other[1] != fast[1]
+
+
+def test_score_many_forwards_each_history_image_once_per_job(world, tmp_path):
+    from pigeon_bench.data.model import Dataset
+    from pigeon_bench.scoring import sample_inputs
+
+    ds, run = world
+    other = tmp_path / "other"
+    for s in range(4):
+        fileio.save_image(other / f"s{s}.png", _drawing(300 + s, size=64))
+    dataset = Dataset(ds)
+    folders = [[sample_inputs(dataset, s, folder / f"{s.sample_id}.png") for s in dataset.samples()]
+               for folder in (run / "images", other)]
+    job = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "job", progress=False)
+    together = job.score_many(folders)
+    assert job.forward_counts()["lpips-vgg"] == 2 * 4 + 8  # one pass: history items 0..7 once
+    apart = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "apart", progress=False)
+    separate = [apart.score_samples(folder) for folder in folders]
+    assert apart.forward_counts()["lpips-vgg"] == 2 * (4 + 8)
+    for got, want in zip(together, separate, strict=True):
+        pd.testing.assert_frame_equal(got.frame, want.frame, rtol=1e-6)
+        for m, (gen, ref) in want.sets.items():
+            np.testing.assert_allclose(got.sets[m][0], gen, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(got.sets[m][1], ref)

@@ -7,8 +7,9 @@ model) and counts the images (or texts) it forwards.
 - ``clip``: open_clip image + text towers (paper: ViT-H-14 / laion2b_s32b_b79k), open_clip's own transform.
 - ``dino``: transformers Dinov2Model ``pooler_output`` with its (PIL-backend) image processor.
 - ``lpips-vgg``: lpips v0.1 VGG16 features: per layer, channel-normalized maps scaled by sqrt(lin weight),
-  kept as float32 or float16 as the mode says (see ``functional.lpips_from_maps``). Cold and warm passes both
-  score from the stored maps, so cached and fresh results are identical.
+  kept as float32 or float16 as the mode says (see ``functional.lpips_from_maps``). The maps are not stored:
+  the scorer keeps the LPIPS values of the pairs (``pigeon_bench.metrics.pairs``), so a warm pass reads the
+  values a cold one computed.
 - ``fid-inception``: torch-fidelity's FeatureExtractorInceptionV3 layers, pool3 (2048-d), fed by the FID
   implementation's own preprocessing (``fid_input``): pytorch-fid's (the official evaluation's) or
   torch-fidelity's. The two networks are the same function of their input (the TF graph's patched blocks).

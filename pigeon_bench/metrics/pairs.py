@@ -6,9 +6,10 @@ under ``<cache>/pairs/<namespace>/``, checksummed rows, concurrent writers, the 
 A namespace is the metric with everything its value depends on besides the two images: the backbone's weights
 fingerprint and the preprocessing id (``pair_namespace``). Keys are the two content digests, in order.
 
-A streaming scorer that walks the samples of one user at a time (sliding windows share 4 of their 5 history
-images) asks for all of the group's pairs in one ``get_many`` (one query per shard), computes the missing
-ones from feature maps it holds in memory for the group only, and writes them with one ``put_many``.
+The scorer (``pigeon_bench.scoring``) walks a folder's samples in blocks of consecutive ones (sliding windows
+share 4 of their 5 history images), asks for all of a block's pairs in one ``get_many`` (one query per
+shard), computes the missing ones from feature maps and terms it holds in memory for the block only, and
+writes them with one ``put_many``.
 """
 
 from __future__ import annotations

@@ -391,18 +391,26 @@ class Scorer:
         kinds = {m.name: self._pair_kind(m) for m in metrics}
         held: dict[str, dict[tuple[str, str], object]] = {m.name: {} for m in metrics}
         out = {m.name: np.empty((n, paired[m.pairing].k)) for m in metrics}
-        for block in self._blocks(gen_d, [paired[m.pairing] for m in metrics]):
-            for m in metrics:
-                kind, other = kinds[m.name], paired[m.pairing]
-                k = other.k
-                pairs = [(gen_d[i], o) for i in block for o in other.digests[i * k:(i + 1) * k]]
-                values = self.pairs.get_many(kind.namespace, pairs)
-                todo = [p for p in dict.fromkeys(pairs) if p not in values]
-                new = self._compute_pairs(kind, todo, held[m.name], gen_u, other.sources)
-                self.pairs.put_many(kind.namespace, new)
-                values.update(new)
-                out[m.name][block.start:block.stop] = np.reshape([values[p] for p in pairs], (len(block), k))
+        with self._progress("pair metrics (samples)", n) as advance:
+            for block in self._blocks(gen_d, [paired[m.pairing] for m in metrics]):
+                self._block_pairs(block, metrics, kinds, held, out, gen_d, gen_u, paired)
+                advance(len(block))
         return {name: torch.from_numpy(v).mean(1).numpy() for name, v in out.items()}
+
+    def _block_pairs(self, block: range, metrics: Sequence[Metric], kinds: dict[str, _PairKind],
+                     held: dict[str, dict[tuple[str, str], object]], out: dict[str, np.ndarray],
+                     gen_d: list[str], gen_u: dict[str, ImageSource], paired: dict[str, _Paired]) -> None:
+        """One block's pair values of each metric into ``out``: read, the missing computed and written."""
+        for m in metrics:
+            kind, other = kinds[m.name], paired[m.pairing]
+            k = other.k
+            pairs = [(gen_d[i], o) for i in block for o in other.digests[i * k:(i + 1) * k]]
+            values = self.pairs.get_many(kind.namespace, pairs)
+            todo = [p for p in dict.fromkeys(pairs) if p not in values]
+            new = self._compute_pairs(kind, todo, held[m.name], gen_u, other.sources)
+            self.pairs.put_many(kind.namespace, new)
+            values.update(new)
+            out[m.name][block.start:block.stop] = np.reshape([values[p] for p in pairs], (len(block), k))
 
     def _compute_pairs(self, kind: _PairKind, todo: list[Pair], held: dict[tuple[str, str], object],
                        gen_u: dict[str, ImageSource], other_u: dict[str, ImageSource]) -> dict[Pair, float]:
@@ -610,7 +618,23 @@ class Scorer:
         the images exactly the manifest's samples: missing or extra images are refused, unless ``partial``
         (then the samples with an image are scored and the summary lists the missing ones).
         """
-        run = run if isinstance(run, RunFolder) else RunFolder(run)
+        return self.score_runs([run], data_dir, partial)[0]
+
+    def score_runs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None = None,
+                   partial: bool = False) -> list[dict]:
+        """``score_run`` of each of ``runs`` in one pass (``score_many``): a job's methods and α_r candidates
+        share their history images' pair-metric forwards. Every run is checked before any is scored."""
+        jobs = [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
+                for r in runs]
+        scores = self.score_many([inputs for _, inputs, _, _ in jobs])
+        out = []
+        for (run, _, head, tail), got in zip(jobs, scores, strict=True):
+            out.append(self._write(run, got, head, tail))
+        return out
+
+    def _run_inputs(self, run: RunFolder, data_dir: str | Path | None, partial: bool
+                    ) -> tuple[RunFolder, list[SampleInputs], dict, dict]:
+        """A run's checked sample inputs and its summary's provenance (head, tail)."""
         manifest = run.manifest_or_empty()
         data = data_dir or manifest.get("data")
         if not data:
@@ -620,18 +644,19 @@ class Scorer:
         samples = _run_samples(run, dataset)
         missing = _check_samples(run, manifest, {s.sample_id for s in samples}, partial)
         inputs = [sample_inputs(dataset, s, run.image_path(s.sample_id)) for s in samples]
-        summary = self.score_into(inputs, run, {
-            **{k: manifest.get(k) for k in ("method", "label", "group")},
-            "scenario": manifest.get("scenario") or dataset.scenario,
-        }, {"selection": manifest.get("selection"), "alpha_r": manifest.get("alpha_r"),
-            **({"missing": missing} if missing else {})})
-        return summary
+        head = {**{k: manifest.get(k) for k in ("method", "label", "group")},
+                "scenario": manifest.get("scenario") or dataset.scenario}
+        tail = {"selection": manifest.get("selection"), "alpha_r": manifest.get("alpha_r"),
+                **({"missing": missing} if missing else {})}
+        return run, inputs, head, tail
 
     def score_into(self, samples: Sequence[SampleInputs], run: RunFolder, head: dict | None = None,
                    tail: dict | None = None) -> dict:
         """Score ``samples`` and write the scores and summary into ``run`` (``head``/``tail``: the summary's
         provenance before and after the metrics); returns the summary."""
-        scores = self.score_samples(samples)
+        return self._write(run, self.score_samples(samples), head, tail)
+
+    def _write(self, run: RunFolder, scores: SampleScores, head: dict | None, tail: dict | None) -> dict:
         summary = {**(head or {}), **self.summarize(scores), **(tail or {})}
         run.write_scores(scores.frame)
         run.write_summary(summary)

@@ -175,16 +175,13 @@ def score(
         samples = inputs.from_manifest(manifest)
     elif images:
         samples = inputs.from_folders(generated, history, reference)
-    shown: set[str] = set()
-    for folder in folders or [RunFolder(out)]:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            summary = (scorer.score_run(folder.path, data, partial) if samples is None
-                       else scorer.score_into(samples, folder))
-        for text in dict.fromkeys(str(w.message) for w in caught):  # each warning once per command
-            if text not in shown:
-                shown.add(text)
-                typer.echo(f"warning: {text}", err=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summaries = (scorer.score_runs(folders, data, partial) if samples is None  # one pass over all runs
+                     else [scorer.score_into(samples, RunFolder(out))])
+    for text in dict.fromkeys(str(w.message) for w in caught):  # each warning once per command
+        typer.echo(f"warning: {text}", err=True)
+    for folder, summary in zip(folders or [RunFolder(out)], summaries, strict=True):
         means = "  ".join(f"{m}={v['mean']:.4g}" for m, v in summary["metrics"].items()
                           if v["mean"] is not None)
         typer.echo(f"{folder}: n={summary['n']}  {means}")

@@ -10,8 +10,6 @@ import pandas as pd
 
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import overall
-from pigeon_bench.progress import console
-from pigeon_bench.progress import progress as progress_bar
 from pigeon_bench.runs.folder import RunFolder, Sweep, newer
 
 SELECTION_RULE = "per sample, the α_r maximizing (p_cis + a_cs) / 2, measured on the test images themselves"
@@ -105,14 +103,11 @@ def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
 def score(runs: Sequence[RunFolder], scorer) -> None:
     """Score the run folders not already scored by this scorer since their last change.
 
-    One scorer serves every run, so its feature cache is shared (history and reference features once).
+    One pass of one scorer over all of them: history and reference images through each backbone once.
     """
     todo = [run for run in runs if not is_scored(run, scorer)]
-    with progress_bar(enabled=len(todo) > 1 and console.is_terminal) as progress:
-        task = progress.add_task(f"scoring {len(todo)} run folders", total=len(todo))
-        for run in todo:
-            scorer.score_run(run.path)
-            progress.advance(task)
+    if todo:
+        scorer.score_runs(todo)
 
 
 def is_scored(run: RunFolder, scorer) -> bool:

@@ -221,6 +221,9 @@ class RedScorer:
         fileio.write_parquet(run_dir / "scores.parquet", df)
         return {}
 
+    def score_runs(self, runs_: list) -> list[dict]:
+        return [self.score_run(r.path) for r in runs_]
+
 
 def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_method):
     test_sweep, valid_sweep = tmp_path / "test", tmp_path / "valid"

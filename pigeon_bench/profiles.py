@@ -24,6 +24,17 @@ T = TypeVar("T")
 TINY_NOTICE = "tiny profile: not comparable with the paper"
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch (and its LAPACK) on one CPU thread inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Profile:
     """What a profile means for generation, training and scoring."""
@@ -45,12 +56,8 @@ class Profile:
         if not (self.single_thread_cpu and torch.device(device).type == "cpu"):
             yield
             return
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             yield
-        finally:
-            torch.set_num_threads(before)
 
     def resolve_model(self, model_id: str, ref: str | Path | None = None) -> str:
         """The model to load for weight-table entry ``model_id``: ``ref`` (hub id or folder) if given, else

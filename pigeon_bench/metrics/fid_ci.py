@@ -24,24 +24,11 @@ and the d x d eigenvalues 2.6 s instead of 0.8 s.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 
 from pigeon_bench import stats
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch (and its LAPACK) on one CPU thread inside the block."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from pigeon_bench.profiles import one_thread
 
 
 def _weighted_rows(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,16 +44,16 @@ def _trace_sqrt_product(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
     m, d = wa.shape
     if m <= d:
         cross = wa @ wb.T
-        with _one_thread():
+        with one_thread():
             return torch.linalg.svdvals(cross).sum()
     sa, sb = wa.T @ wa, wb.T @ wb
-    with _one_thread():
+    with one_thread():
         factor, info = torch.linalg.cholesky_ex(sa)
         if int(info) != 0:  # singular S_a: its symmetric square root gives a similar symmetric product
             ev, vectors = torch.linalg.eigh(sa)
             factor = vectors * ev.clamp(min=0).sqrt()
     product = factor.T @ sb @ factor
-    with _one_thread():
+    with one_thread():
         return torch.linalg.eigvalsh(product).clamp(min=0).sqrt().sum()
 
 
@@ -100,7 +87,7 @@ def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
         w = torch.as_tensor(counts[rows].astype(np.float64), device=device)
         rows = torch.as_tensor(rows, device=device)
         if grams is not None:
-            with _one_thread():  # m x m blocks: small work, no product worth a second thread
+            with one_thread():  # m x m blocks: small work, no product worth a second thread
                 out[r] = float(_from_grams(grams, rows, w))
             continue
         mu_a, wa = _weighted_rows(ta, rows, w)

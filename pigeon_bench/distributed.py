@@ -37,6 +37,12 @@ class Ranks:
         """This rank's share of ``items``: every world-th item from its rank on (deterministic)."""
         return list(items[self.rank::self.world])
 
+    def block(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous share of ``items`` (neighbours stay together: sliding windows share
+        history images)."""
+        n = len(items)
+        return list(items[n * self.rank // self.world:n * (self.rank + 1) // self.world])
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist

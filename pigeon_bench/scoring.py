@@ -41,6 +41,7 @@ from PIL import Image
 from pigeon_bench import stats
 from pigeon_bench.artifacts import image_digest, text_digest
 from pigeon_bench.data.model import Dataset, Sample
+from pigeon_bench.distributed import Ranks
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics import preprocess as pre
@@ -621,11 +622,23 @@ class Scorer:
         return self.score_runs([run], data_dir, partial)[0]
 
     def score_runs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None = None,
-                   partial: bool = False) -> list[dict]:
+                   partial: bool = False, ranks: Ranks | None = None) -> list[dict]:
         """``score_run`` of each of ``runs`` in one pass (``score_many``): a job's methods and α_r candidates
-        share their history images' pair-metric forwards. Every run is checked before any is scored."""
+        share their history images' pair-metric forwards. Every run is checked before any is scored.
+
+        With ``ranks`` (every rank of a torchrun job calling this together), each rank first computes the
+        features and pair values of its block of every run's samples into the shared cache; after a barrier
+        rank 0 scores every run from the cache and writes them; the other ranks return no summaries.
+        """
         jobs = [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
                 for r in runs]
+        if ranks is not None and ranks.world > 1:
+            shares = [share for _, inputs, _, _ in jobs if (share := ranks.block(inputs))]
+            if shares:
+                self.score_many(shares)
+            ranks.barrier()
+            if not ranks.main:
+                return []
         scores = self.score_many([inputs for _, inputs, _, _ in jobs])
         out = []
         for (run, _, head, tail), got in zip(jobs, scores, strict=True):

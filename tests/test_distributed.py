@@ -4,6 +4,7 @@ process; a rerun after a rank died generates only what is missing."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,25 @@ def test_two_ranks_give_the_images_scores_and_report_of_one(dataset, backbone_di
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(lost)} generated, {33 - len(lost)} skipped" in again.stdout
     assert images(b) == images(a) and all(RunFolder(r.path).manifest()["complete"] for r in sweep.runs())
+
+
+@pytest.mark.slow
+def test_score_on_two_ranks_writes_what_one_process_writes(dataset, tmp_path, monkeypatch):  # noqa: F811
+    for method in ("grd", "hist"):
+        done = pigeon_bench("generate", "--data", str(dataset), "--method", method, "--profile", "tiny",
+                            "--out", f"one/{method}",
+                            cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    one = pigeon_bench("score", "one/grd", "one/hist", cwd=tmp_path)
+    cache = tmp_path / "cache-two"  # an empty feature cache (the trained tiny backbones shared)
+    cache.mkdir()
+    (cache / "demo").symlink_to(Path(os.environ["PIGEON_BENCH_CACHE"]) / "demo", target_is_directory=True)
+    monkeypatch.setenv("PIGEON_BENCH_CACHE", str(cache))
+    two = pigeon_bench("score", "two/grd", "two/hist", ranks=2, cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout == one.stdout.replace("one/", "two/")  # printed once, by rank 0
+    for method in ("grd", "hist"):
+        a, b = RunFolder(tmp_path / "one" / method), RunFolder(tmp_path / "two" / method)
+        assert a.scores_path.read_bytes() == b.scores_path.read_bytes()
+        assert a.read_summary() == b.read_summary()

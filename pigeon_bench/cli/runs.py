@@ -175,10 +175,17 @@ def score(
         samples = inputs.from_manifest(manifest)
     elif images:
         samples = inputs.from_folders(generated, history, reference)
+    from pigeon_bench import distributed
+
+    ranks = distributed.current()  # under torchrun: every rank scores a block of the runs' samples
+    if samples is not None and not ranks.main:
+        return  # folders of images or a manifest: rank 0 scores them
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summaries = (scorer.score_runs(folders, data, partial) if samples is None  # one pass over all runs
+        summaries = (scorer.score_runs(folders, data, partial, ranks) if samples is None
                      else [scorer.score_into(samples, RunFolder(out))])
+    if not ranks.main:
+        return
     for text in dict.fromkeys(str(w.message) for w in caught):  # each warning once per command
         typer.echo(f"warning: {text}", err=True)
     for folder, summary in zip(folders or [RunFolder(out)], summaries, strict=True):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -562,9 +562,10 @@ class Scorer:
         warnings.warn(f"{self.profile.name} profile: no weights for {where}: {', '.join(columns)} not scored "
                       f"(`pigeon-bench models prefetch {ids}` fetches them)", stacklevel=3)
 
-    def summarize(self, scores: SampleScores) -> dict:
+    def summarize(self, scores: SampleScores, set_intervals: bool = True) -> dict:
         """Means and seeded bootstrap CIs of every metric (set-level ones: resampling the sample set); null
-        for the skipped ones."""
+        for the skipped ones. ``set_intervals=False`` leaves the set-level metrics' (FID's) interval null: the
+        costly part of a summary, not needed where only means are read (a selection's candidates)."""
         df, n = scores.frame, len(scores.frame)
         set_metrics = [m for m in table.TABLE if m.name in scores.sets]
         if set_metrics and n < 2:
@@ -591,6 +592,10 @@ class Scorer:
                 metrics[m.name] = _NOT_SCORED
         for m in set_metrics:
             gen, ref = scores.sets[m.name]
+            if not set_intervals:
+                bootstrap[f"{m.name}_n_boot"] = 0
+                metrics[m.name] = {"mean": m.function(gen, ref), "lo": None, "hi": None}
+                continue
             n_boot = self.n_boot if n <= gen.shape[1] else min(self.n_boot, FID_MAX_BOOT_LARGE_N)
             if n_boot < self.n_boot:
                 warnings.warn(f"{m.short}'s CI from {n_boot} resamples, not {self.n_boot}: with n = {n} > "
@@ -622,13 +627,15 @@ class Scorer:
         return self.score_runs([run], data_dir, partial)[0]
 
     def score_runs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None = None,
-                   partial: bool = False, ranks: Ranks | None = None) -> list[dict]:
+                   partial: bool = False, ranks: Ranks | None = None,
+                   means_only: Collection[RunFolder] = ()) -> list[dict]:
         """``score_run`` of each of ``runs`` in one pass (``score_many``): a job's methods and α_r candidates
         share their history images' pair-metric forwards. Every run is checked before any is scored.
 
         With ``ranks`` (every rank of a torchrun job calling this together), each rank first computes the
         features and pair values of its block of every run's samples into the shared cache; after a barrier
         rank 0 scores every run from the cache and writes them; the other ranks return no summaries.
+        ``means_only``: runs whose summaries feed a selection only (no set-level interval, see ``summarize``).
         """
         jobs = [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
                 for r in runs]
@@ -642,7 +649,7 @@ class Scorer:
         scores = self.score_many([inputs for _, inputs, _, _ in jobs])
         out = []
         for (run, _, head, tail), got in zip(jobs, scores, strict=True):
-            out.append(self._write(run, got, head, tail))
+            out.append(self._write(run, got, head, tail, set_intervals=run not in means_only))
         return out
 
     def _run_inputs(self, run: RunFolder, data_dir: str | Path | None, partial: bool
@@ -669,8 +676,9 @@ class Scorer:
         provenance before and after the metrics); returns the summary."""
         return self._write(run, self.score_samples(samples), head, tail)
 
-    def _write(self, run: RunFolder, scores: SampleScores, head: dict | None, tail: dict | None) -> dict:
-        summary = {**(head or {}), **self.summarize(scores), **(tail or {})}
+    def _write(self, run: RunFolder, scores: SampleScores, head: dict | None, tail: dict | None,
+               set_intervals: bool = True) -> dict:
+        summary = {**(head or {}), **self.summarize(scores, set_intervals), **(tail or {})}
         run.write_scores(scores.frame)
         run.write_summary(summary)
         return summary

@@ -207,6 +207,7 @@ class RedScorer:
 
     def __init__(self):
         self.scored: list[Path] = []
+        self.means_only: set[RunFolder] = set()  # the runs summarized for a selection only
 
     def score_run(self, run_dir: Path) -> dict:
         self.scored.append(run_dir)
@@ -221,7 +222,8 @@ class RedScorer:
         fileio.write_parquet(run_dir / "scores.parquet", df)
         return {}
 
-    def score_runs(self, runs_: list) -> list[dict]:
+    def score_runs(self, runs_: list, means_only=()) -> list[dict]:
+        self.means_only |= set(means_only)
         return [self.score_run(r.path) for r in runs_]
 
 
@@ -232,6 +234,7 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     scorer = RedScorer()
     selected, chosen = (r.path for r in runs.select(Sweep(test_sweep), scorer, Sweep(valid_sweep)))
     assert len(scorer.scored) == 23 and scorer.scored[-1] == selected  # valid-chosen copies its α_r's scores
+    assert scorer.means_only == set(Sweep(valid_sweep).runs())  # the valid split feeds the selection only
 
     picks = pd.read_parquet(selected / "selection.parquet")
     assert dict(zip(picks["sample_id"], picks["alpha_r"], strict=True)) == {"s0": 0.3, "s1": 0.8}

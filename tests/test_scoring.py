@@ -21,6 +21,7 @@ from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics import overall, table
 from pigeon_bench.metrics.preprocess import ResizeSpec
 from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.runs.folder import RunFolder
 from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS
 from pigeon_bench.scoring import SampleInputs, SampleScores, Scorer
 
@@ -261,6 +262,19 @@ def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored
     want = np.percentile([Fn.frechet_distance(gen[i], ref[i]) for i in idx], [2.5, 97.5])
     assert (big["metrics"]["fid"]["lo"], big["metrics"]["fid"]["hi"]) == pytest.approx(tuple(want), rel=1e-9)
     assert "fid_n_boot" not in small["bootstrap"]
+
+
+def test_means_only_runs_get_fids_mean_without_its_interval(world, scored, tmp_path):
+    scorer, full, _ = scored
+    copies = []
+    for name in ("a", "b"):
+        shutil.copytree(world[1], tmp_path / name)
+        copies.append(RunFolder(tmp_path / name))
+    with pytest.warns(UserWarning, match="FID on 4 samples"):
+        interval, means = scorer.score_runs(copies, means_only={copies[1]})
+    assert interval["metrics"]["fid"] == full["metrics"]["fid"] and full["metrics"]["fid"]["lo"] is not None
+    assert means["metrics"]["fid"] == {"mean": full["metrics"]["fid"]["mean"], "lo": None, "hi": None}
+    assert means["bootstrap"]["fid_n_boot"] == 0 and means["metrics"]["p_cis"] == full["metrics"]["p_cis"]
 
 
 def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):

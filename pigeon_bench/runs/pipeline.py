@@ -128,7 +128,8 @@ def run_method(gspec: GenerateSpec, out: Path, session: MethodSession, scorer, v
         return []
     if gspec.sweep:
         sweep, valid = Sweep(out), Sweep(valid_out) if valid_out else None
-        score(sweep.runs() + (valid.runs() if valid else []), scorer)
+        valid_runs = valid.runs() if valid else []
+        score(sweep.runs() + valid_runs, scorer, means_only=valid_runs)  # valid: the selection reads means
         folders = select(sweep, scorer, valid) + sweep.runs()
     else:
         folders = [RunFolder(out)]

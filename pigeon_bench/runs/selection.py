@@ -100,14 +100,15 @@ def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
     return dest
 
 
-def score(runs: Sequence[RunFolder], scorer) -> None:
-    """Score the run folders not already scored by this scorer since their last change.
+def score(runs: Sequence[RunFolder], scorer, means_only: Sequence[RunFolder] = ()) -> None:
+    """Score the run folders not already scored by this scorer since their last change (``means_only``:
+    those only a selection reads, summarized without FID's interval).
 
     One pass of one scorer over all of them: history and reference images through each backbone once.
     """
     todo = [run for run in runs if not is_scored(run, scorer)]
     if todo:
-        scorer.score_runs(todo)
+        scorer.score_runs(todo, means_only=set(means_only))
 
 
 def is_scored(run: RunFolder, scorer) -> bool:
@@ -117,8 +118,8 @@ def is_scored(run: RunFolder, scorer) -> bool:
 
 def select(sweep: Sweep, scorer, valid: Sweep | None = None) -> list[RunFolder]:
     """Score a sweep where needed, write its selections and score them; returns the selection folders."""
-    for s in [sweep] + ([valid] if valid else []):
-        score([r for r in s.runs() if not r.has_scores()], scorer)
+    todo = [r for s in [sweep] + ([valid] if valid else []) for r in s.runs() if not r.has_scores()]
+    score(todo, scorer, means_only=valid.runs() if valid else [])
     selected = select_test_time(sweep)
     score([selected], scorer)
     return [selected] + ([select_on_valid(sweep, valid)] if valid is not None else [])

@@ -39,7 +39,7 @@ from torch import nn
 from pigeon_bench import artifacts, fileio
 from pigeon_bench.data.model import Dataset
 from pigeon_bench.metrics import backbones as B
-from pigeon_bench.metrics.preprocess import ResizeSpec
+from pigeon_bench.metrics.preprocess import ResizeSpec, resolve
 from pigeon_bench.profiles import TINY
 
 RECIPE_VERSION = 1  # bump when the training below changes: the artifact key includes it
@@ -239,7 +239,9 @@ def train_inception(world: WorldImages, seed: int) -> dict[str, torch.Tensor]:
     top = nn.Sequential(net.Mixed_7c, net.AvgPool, nn.Flatten(), net.fc)
     recipe = RECIPES["fid-inception"]
     with torch.no_grad():  # the frozen blocks' output (Mixed_7c's input), once per image
-        below = _input_of(net.Mixed_7c, net, B.pixels(world.images))
+        fid_input = resolve(profile=TINY).fid  # what the tiny profile scores FID with
+        below = _input_of(net.Mixed_7c, lambda x: B.inception_pool3(net, x, fid_input),
+                          B.pixels(world.images))
     sizes = [int(world.labels[:, j].max()) + 1 for j in range(len(FACTORS))]
     starts = np.cumsum([0, *sizes]).tolist()
     top.requires_grad_(True)
@@ -253,13 +255,14 @@ def train_inception(world: WorldImages, seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
-def _input_of(block: nn.Module, net: nn.Module, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """What ``block`` receives when ``net`` (the extractor, with its own forward) runs on ``pixels``."""
+def _input_of(block: nn.Module, forward: Callable[[torch.Tensor], Any], pixels: torch.Tensor,
+              batch: int = 64) -> torch.Tensor:
+    """What ``block`` receives when ``forward`` (the scorer's path through the network) runs on ``pixels``."""
     captured: list[torch.Tensor] = []
     handle = block.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].clone()))
     try:
         for start in range(0, len(pixels), batch):
-            net(pixels[start:start + batch])
+            forward(pixels[start:start + batch])
     finally:
         handle.remove()
     return torch.cat(captured)

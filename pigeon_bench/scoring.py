@@ -63,7 +63,10 @@ FID_RECOMMENDED_N = 2048  # the Inception feature dimension: below it FID's cova
 # Resamples for FID's CI when n exceeds the feature dimension: each resample is then a full (d, d) covariance
 # and eigendecomposition (about 4 s at the paper's n = 4,555 and d = 2,048 on 2 CPU cores).
 FID_MAX_BOOT_LARGE_N = 100
-_PIXELS_LRU_BYTES = 1 << 29  # decoded images (original and resized), reused within one score_samples call
+# decoded images (original and resized) reused within one call: a working set of a few batches and one pair
+# block (16 images of 4 MB at 1024 px + their 512 px resize), so that memory does not grow with the samples
+_PIXELS_LRU_BYTES = 1 << 27
+_READ_CHUNK = 1024  # feature-store keys read per get_many
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
 # Distinct images (generated and paired) of one block of consecutive samples: the LPIPS maps and MS-SSIM terms
 # held at once (64 MB / 12 MB an image at 512 px with float16 maps).
@@ -222,7 +225,11 @@ class Scorer:
         """Compute and store features for the digests in ``images`` (reaching ``backbone`` by input ``path``)
         that the cache lacks, in batches."""
         ns = self._namespace(backbone, path)
-        todo = {d: src for d, src in images.items() if not self.store.has(ns, d)}
+        keys = list(images)
+        have: set[str] = set()
+        for start in range(0, len(keys), _READ_CHUNK):
+            have.update(self.store.get_many(ns, keys[start:start + _READ_CHUNK]))
+        todo = {d: src for d, src in images.items() if d not in have}
         for d, own in self._encoded(backbone, todo, path):
             self.store.put(ns, d, own)
 
@@ -240,7 +247,13 @@ class Scorer:
                 advance(len(chunk))
 
     def _stack(self, namespace: str, keys: Sequence[str], name: str) -> torch.Tensor:
-        return torch.stack([self.store.get(namespace, key)[name] for key in keys])
+        """(len(keys), ...) output ``name`` of the stored entries of ``keys``, read in chunks."""
+        rows = []
+        for start in range(0, len(keys), _READ_CHUNK):
+            chunk = keys[start:start + _READ_CHUNK]
+            got = self.store.get_many(namespace, chunk)
+            rows.extend(got[key][name] for key in chunk)
+        return torch.stack(rows)
 
     def _ensure_texts(self, backbone: Backbone, texts: Sequence[str]) -> None:
         """Compute and store the text-tower embeddings of ``texts`` that the cache lacks, in batches."""
@@ -486,8 +499,8 @@ class Scorer:
                 name = backbone.outputs[0]
                 gen_ns = self._role_namespace(backbone, GENERATED)
                 ref_ns = self._role_namespace(backbone, m.pairing)
-                sets[m.name] = (self._stack(gen_ns, gen_d, name).double().numpy(),
-                                self._stack(ref_ns, paired[m.pairing].digests, name).double().numpy())
+                sets[m.name] = (self._stack(gen_ns, gen_d, name).numpy(),  # as stored (float32)
+                                self._stack(ref_ns, paired[m.pairing].digests, name).numpy())
         for m in table.TABLE:  # derived metrics (Overall) lack what their inputs lack
             missing = [skipped[i] for i in m.inputs if i in skipped]
             if missing:
@@ -640,10 +653,7 @@ class Scorer:
         jobs = [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
                 for r in runs]
         if ranks is not None and ranks.world > 1:
-            shares = [share for _, inputs, _, _ in jobs if (share := ranks.block(inputs))]
-            if shares:
-                self.score_many(shares)
-            ranks.barrier()
+            self._fill_share([inputs for _, inputs, _, _ in jobs], ranks)
             if not ranks.main:
                 return []
         scores = self.score_many([inputs for _, inputs, _, _ in jobs])
@@ -651,6 +661,23 @@ class Scorer:
         for (run, _, head, tail), got in zip(jobs, scores, strict=True):
             out.append(self._write(run, got, head, tail, set_intervals=run not in means_only))
         return out
+
+    def prefill(self, runs: Sequence[RunFolder | str | Path], ranks: Ranks,
+                data_dir: str | Path | None = None, partial: bool = False) -> None:
+        """Every rank of a torchrun job (calling this together): the features and pair values of this rank's
+        block of every run's samples into the shared cache, then a barrier; rank 0's scoring of ``runs``
+        afterwards reads them (``pigeon-bench run`` shares its scoring this way)."""
+        if ranks.world > 1:
+            self._fill_share([self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir,
+                                               partial)[1] for r in runs], ranks)
+
+    def _fill_share(self, folders: Sequence[Sequence[SampleInputs]], ranks: Ranks) -> None:
+        shares = [share for inputs in folders if (share := ranks.block(inputs))]
+        if shares:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # rank 0 warns when it scores the whole
+                self.score_many(shares)
+        ranks.barrier()
 
     def _run_inputs(self, run: RunFolder, data_dir: str | Path | None, partial: bool
                     ) -> tuple[RunFolder, list[SampleInputs], dict, dict]:

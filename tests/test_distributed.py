@@ -15,6 +15,8 @@ from test_pigeon_train import backbone_dir, dataset, spec  # noqa: F401 - fixtur
 from pigeon.train import train_sft
 from pigeon_bench import fileio
 from pigeon_bench.distributed import Ranks
+from pigeon_bench.metrics.cache import last_runs
+from pigeon_bench.paths import cache_dir
 from pigeon_bench.runs import Experiment, RunFolder, Sweep, run
 
 
@@ -38,6 +40,20 @@ def images(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
+def empty_feature_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty feature cache for the processes started next (the trained tiny backbones shared)."""
+    cache = tmp_path / "cache-two"
+    cache.mkdir()
+    (cache / "demo").symlink_to(Path(os.environ["PIGEON_BENCH_CACHE"]) / "demo", target_is_directory=True)
+    monkeypatch.setenv("PIGEON_BENCH_CACHE", str(cache))
+    return cache
+
+
+def feature_writers(cache: Path) -> int:
+    """How many processes wrote features into ``cache``'s store."""
+    return sum(any(c["bytes_written"] for c in r.get("features", {}).values()) for r in last_runs(cache))
+
+
 @pytest.mark.slow
 def test_two_ranks_give_the_images_scores_and_report_of_one(dataset, backbone_dir, tmp_path):  # noqa: F811
     ckpt = tmp_path / "sft"
@@ -45,8 +61,9 @@ def test_two_ranks_give_the_images_scores_and_report_of_one(dataset, backbone_di
     opts = ["-o", f"pigeon.checkpoint={ckpt}", "-o", f"pigeon.backbone_path={backbone_dir}"]
     common = ["run", "--scenario", "sticker", "--data", str(dataset), "--methods", "grd,pigeon", "--no-valid",
               *opts]
-    two = pigeon_bench(*common, "--out", "two", ranks=2, cwd=tmp_path)
+    two = pigeon_bench(*common, "--out", "two", ranks=2, cwd=tmp_path)  # on this test's empty cache
     assert two.returncode == 0, two.stderr[-2000:]
+    assert feature_writers(cache_dir()) == 2  # both ranks scored a share, not rank 0 alone
     options = {"pigeon": {"checkpoint": str(ckpt), "backbone_path": str(backbone_dir)}}
     text, _ = run(Experiment("sticker", data=dataset, methods=["grd", "pigeon"], valid=False, options=options,
                              out=tmp_path / "one"), log=lambda line: None)
@@ -81,12 +98,10 @@ def test_score_on_two_ranks_writes_what_one_process_writes(dataset, tmp_path, mo
         assert done.returncode == 0, done.stderr[-2000:]
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     one = pigeon_bench("score", "one/grd", "one/hist", cwd=tmp_path)
-    cache = tmp_path / "cache-two"  # an empty feature cache (the trained tiny backbones shared)
-    cache.mkdir()
-    (cache / "demo").symlink_to(Path(os.environ["PIGEON_BENCH_CACHE"]) / "demo", target_is_directory=True)
-    monkeypatch.setenv("PIGEON_BENCH_CACHE", str(cache))
+    cache = empty_feature_cache(tmp_path, monkeypatch)
     two = pigeon_bench("score", "two/grd", "two/hist", ranks=2, cwd=tmp_path)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert feature_writers(cache) == 2
     assert two.stdout == one.stdout.replace("one/", "two/")  # printed once, by rank 0
     for method in ("grd", "hist"):
         a, b = RunFolder(tmp_path / "one" / method), RunFolder(tmp_path / "two" / method)

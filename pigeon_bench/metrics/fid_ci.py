@@ -14,7 +14,8 @@ replicate is computed more cheaply, and exactly:
     all rows are computed once and each replicate takes and centres its m x m blocks (no d factor);
   - m > d: the sum of sqrt(eigenvalues of L^T S_b L), L the Cholesky factor of S_a (L^{-1} S_a S_b L =
     L^T S_b L): one Cholesky and one symmetric eigenvalue problem without eigenvectors, d x d. A singular
-    S_a uses its symmetric square root instead.
+    S_a uses its symmetric square root instead. S_a and S_b are accumulated over chunks of rows, so memory
+    stays near a few d x d matrices whatever n (the features may be float32; no float64 copy of all rows).
 
 The linear algebra runs in float64 through torch (on CPU its LAPACK is MKL's, measured ~3x faster than
 numpy's OpenBLAS for these eigenvalues) on ``device``. The matrix products use torch's threads; the
@@ -34,19 +35,36 @@ from pigeon_bench.profiles import one_thread
 def _weighted_rows(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, W) of the rows of x repeated w times: W = sqrt(w / (n - 1)) (x_rows - mean), so cov = W^T W."""
     n = w.sum()
-    xs = x[rows]
+    xs = x[rows].double()
     mu = (w @ xs) / n
     return mu, (xs - mu) * (w / (n - 1)).sqrt()[:, None]
 
 
-def _trace_sqrt_product(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """tr sqrt(S_a S_b) with S = W^T W, from the smaller side."""
-    m, d = wa.shape
-    if m <= d:
-        cross = wa @ wb.T
-        with one_thread():
-            return torch.linalg.svdvals(cross).sum()
-    sa, sb = wa.T @ wa, wb.T @ wb
+def _weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
+                         chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, covariance) of the rows of x repeated w times, accumulated over chunks of rows in float64 (no
+    (m, d) float64 matrix: memory bounded by d x d whatever n)."""
+    n = w.sum()
+    mu = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, len(rows), chunk):
+        mu += w[start:start + chunk] @ x[rows[start:start + chunk]].double()
+    mu /= n
+    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, len(rows), chunk):
+        xc = x[rows[start:start + chunk]].double() - mu
+        cov += xc.T @ (xc * (w[start:start + chunk] / (n - 1))[:, None])
+    return mu, cov
+
+
+def _trace_sqrt_cross(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """tr sqrt(S_a S_b) with S = W^T W and m <= d rows: the singular values of W_a W_b^T."""
+    cross = wa @ wb.T
+    with one_thread():
+        return torch.linalg.svdvals(cross).sum()
+
+
+def _trace_sqrt_product(sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+    """tr sqrt(S_a S_b) from the (d, d) covariances: the eigenvalues of L^T S_b L, L L^T = S_a."""
     with one_thread():
         factor, info = torch.linalg.cholesky_ex(sa)
         if int(info) != 0:  # singular S_a: its symmetric square root gives a similar symmetric product
@@ -75,10 +93,13 @@ def _from_grams(grams: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: to
 def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
                    device: str | torch.device = "cpu") -> np.ndarray:
     """FID of a[rows] vs b[rows] for each row of ``indices`` (B, n): row i of a pairs with row i of b."""
-    ta = torch.as_tensor(np.asarray(a, dtype=np.float64), device=device)
-    tb = torch.as_tensor(np.asarray(b, dtype=np.float64), device=device)
+    ta, tb = torch.as_tensor(np.asarray(a), device=device), torch.as_tensor(np.asarray(b), device=device)
     n, d = ta.shape
-    grams = (ta @ ta.T, tb @ tb.T, ta @ tb.T) if n <= d else None
+    if n <= d:  # (n, n) Gram matrices of all rows, once
+        ta, tb = ta.double(), tb.double()
+        grams = (ta @ ta.T, tb @ tb.T, ta @ tb.T)
+    else:
+        grams = None
     indices = np.atleast_2d(np.asarray(indices, dtype=np.int64))
     out = np.empty(len(indices))
     for r, idx in enumerate(indices):
@@ -90,10 +111,14 @@ def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
             with one_thread():  # m x m blocks: small work, no product worth a second thread
                 out[r] = float(_from_grams(grams, rows, w))
             continue
-        mu_a, wa = _weighted_rows(ta, rows, w)
-        mu_b, wb = _weighted_rows(tb, rows, w)
-        fid = (mu_a - mu_b).pow(2).sum() + wa.pow(2).sum() + wb.pow(2).sum() - 2 * _trace_sqrt_product(wa, wb)
-        out[r] = float(fid)
+        if len(rows) <= d:  # (m, d) weighted rows, m <= d
+            mu_a, wa = _weighted_rows(ta, rows, w)
+            mu_b, wb = _weighted_rows(tb, rows, w)
+            tr_a, tr_b, tr_sqrt = wa.pow(2).sum(), wb.pow(2).sum(), _trace_sqrt_cross(wa, wb)
+        else:
+            (mu_a, sa), (mu_b, sb) = _weighted_covariance(ta, rows, w), _weighted_covariance(tb, rows, w)
+            tr_a, tr_b, tr_sqrt = sa.trace(), sb.trace(), _trace_sqrt_product(sa, sb)
+        out[r] = float((mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2 * tr_sqrt)
     return out
 
 

@@ -105,20 +105,37 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     tr sqrt(S_a S_b) is computed exactly without a matrix square root of a non-symmetric product: the
     non-zero eigenvalues of S_a S_b are the squared singular values of A B^T (A, B centred and scaled by
     1/sqrt(n-1)), so it is the nuclear norm of the (n1, n2) matrix A B^T; when both sets exceed d rows the
-    symmetric (d, d) form sqrt(S_a) S_b sqrt(S_a) is used instead.
+    symmetric (d, d) form sqrt(S_a) S_b sqrt(S_a) is used instead, from covariances accumulated over chunks
+    of rows (``covariance``).
     """
+    n1, n2, d = len(a), len(b), np.shape(a)[1]
+    if min(n1, n2) > d:  # the (d, d) covariances, accumulated over row chunks (memory independent of n)
+        (mu_a, sa), (mu_b, sb) = covariance(a), covariance(b)
+        w, v = np.linalg.eigh(sa)
+        sqrt_sa = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        ev = np.linalg.eigvalsh(sqrt_sa @ sb @ sqrt_sa)
+        tr_sqrt = float(np.sqrt(np.clip(ev, 0, None)).sum())
+        return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    n1, n2, d = len(a), len(b), a.shape[1]
     mu_a, mu_b = a.mean(0), b.mean(0)
     ac = (a - mu_a) / np.sqrt(n1 - 1)
     bc = (b - mu_b) / np.sqrt(n2 - 1)
     tr_a, tr_b = float((ac * ac).sum()), float((bc * bc).sum())
-    if min(n1, n2) <= d:
-        tr_sqrt = float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum())
-    else:
-        w, v = np.linalg.eigh(ac.T @ ac)
-        sqrt_sa = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-        ev = np.linalg.eigvalsh(sqrt_sa @ (bc.T @ bc) @ sqrt_sa)
-        tr_sqrt = float(np.sqrt(np.clip(ev, 0, None)).sum())
+    tr_sqrt = float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum())
     return float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_sqrt)
+
+
+def covariance(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, unbiased covariance) of the rows of ``x`` (n, d), in float64, from float64 copies of ``chunk``
+    rows at a time (``x`` itself may be float32: no (n, d) float64 copy)."""
+    n, d = x.shape
+    mu = np.zeros(d)
+    for start in range(0, n, chunk):
+        mu += np.asarray(x[start:start + chunk], dtype=np.float64).sum(0)
+    mu /= n
+    cov = np.zeros((d, d))
+    for start in range(0, n, chunk):
+        xc = np.asarray(x[start:start + chunk], dtype=np.float64) - mu
+        cov += xc.T @ xc
+    return mu, cov / (n - 1)

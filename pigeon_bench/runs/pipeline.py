@@ -16,7 +16,7 @@ from pigeon_bench.progress import console
 from pigeon_bench.runs.config import Experiment
 from pigeon_bench.runs.folder import RunFolder, Sweep, report_runs
 from pigeon_bench.runs.generate import GenerateSpec, MethodSession, generate
-from pigeon_bench.runs.selection import score, select
+from pigeon_bench.runs.selection import score, select, unscored
 from pigeon_bench.scenarios import scenarios
 
 REPORT = "report.md"
@@ -94,15 +94,14 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
     has_valid = exp.valid and bool(dataset.samples("valid", 1))
     root = Path(exp.out) / exp.scenario
     path = root / REPORT
-    if ranks.main:
-        scorer = scorer or make_scorer(profile, device, exp.weights)
+    scorer = scorer or make_scorer(profile, device, exp.weights)  # every rank scores a share
     for method in methods:
         session = sessions.pop(method)
         gspec = replace(template, method=method, device=device, options=exp.method_options(method),
                         sweep=type(session.generator).supports_alpha_r)
         out = root / method_dirname(method)
         valid_out = root / "valid" / method_dirname(method) if gspec.sweep and has_valid else None
-        run_method(gspec, out, session, scorer if ranks.main else None, valid_out, log)
+        run_method(gspec, out, session, scorer, valid_out, log, ranks)
         del session
         ranks.barrier()  # rank 0 has scored and selected this method
     if not ranks.main:
@@ -115,17 +114,25 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
 
 
 def run_method(gspec: GenerateSpec, out: Path, session: MethodSession, scorer, valid_out: Path | None = None,
-               log: Callable[[str], None] = console.print) -> list[RunFolder]:
+               log: Callable[[str], None] = console.print,
+               ranks: distributed.Ranks | None = None) -> list[RunFolder]:
     """One method's test run at ``out`` (a sweep, with a valid-split sweep at ``valid_out`` if given),
-    generated, scored and selected; returns the scored folders (none on ranks other than 0: ``scorer``
-    None)."""
+    generated, scored and selected; returns the scored folders. Under torchrun (``ranks``) every rank
+    generates and scores its share into the shared folder and cache, and rank 0 scores the whole from the
+    cache, selects and writes (the other ranks return no folders)."""
+    ranks = ranks or distributed.Ranks()
     start = time.perf_counter()
     manifests = [generate(gspec, out, session)]
     if valid_out is not None:
         manifests.append(generate(replace(gspec, split="valid"), valid_out, session))
     generated_s = time.perf_counter() - start
-    if scorer is None:  # another rank scores
-        return []
+    if ranks.world > 1:
+        shared = [RunFolder(out)]
+        if gspec.sweep:
+            shared = Sweep(out).runs() + (Sweep(valid_out).runs() if valid_out else [])
+        scorer.prefill(unscored(shared, scorer), ranks)
+        if not ranks.main:
+            return []
     if gspec.sweep:
         sweep, valid = Sweep(out), Sweep(valid_out) if valid_out else None
         valid_runs = valid.runs() if valid else []

@@ -106,9 +106,14 @@ def score(runs: Sequence[RunFolder], scorer, means_only: Sequence[RunFolder] = (
 
     One pass of one scorer over all of them: history and reference images through each backbone once.
     """
-    todo = [run for run in runs if not is_scored(run, scorer)]
+    todo = unscored(runs, scorer)
     if todo:
         scorer.score_runs(todo, means_only=set(means_only))
+
+
+def unscored(runs: Sequence[RunFolder], scorer) -> list[RunFolder]:
+    """The runs that ``score`` would score (not scored by this scorer since their last change)."""
+    return [run for run in runs if not is_scored(run, scorer)]
 
 
 def is_scored(run: RunFolder, scorer) -> bool:

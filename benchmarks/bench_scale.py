@@ -15,12 +15,13 @@ cores; the flags below make them larger):
   images repeated 5x, nothing shared across methods) priced with the per-image forward seconds measured on
   the same images in the same process (its repeats are the same forwards again); per generated image:
   seconds, backbone forwards, the backbone-forward-only time (the bound no scorer beats), cache bytes on
-  disk, and the same extrapolated to a Table-1 job of 20 folders from the measured first and later folders.
+  disk, and the same extrapolated to a Table-1 job of 20 folders from one-pass scorings of 1 and of
+  ``--paper-folders`` folders (as ``pigeon-bench run`` scores a job).
 - growth: the tiny profile at N, 4N, 16N samples (each size in a fresh process: peak RSS) and 1 vs 20 folders
   (one after another, and in one `Scorer.score_many` pass): wall seconds, peak RSS, cache bytes per image.
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--only SECTIONS] [--store-n 5000] [--fid-n 4555]
-        [--paper-samples 2] [--paper-folders 2] [--growth-n 8] [--growth-folders 20]
+        [--paper-samples 2] [--paper-folders 3] [--growth-n 8] [--growth-folders 20]
 """
 
 from __future__ import annotations
@@ -363,9 +364,8 @@ def _cpu_seconds(fn, repeat: int = 3) -> float:
 
 
 def paper_overheads() -> dict[str, float]:
-    """CPU seconds per generated image of what today's scorer does besides forwards, at 512 px: LPIPS of its
-    5 history pairs from float16 VGG16 maps (64 MB an image), the maps' write and read through the store,
-    MS-SSIM terms and the 5 pair terms."""
+    """CPU seconds per generated image of what the scorer does besides forwards, at 512 px: LPIPS of its 5
+    history pairs from float16 VGG16 maps (64 MB an image), MS-SSIM terms and the 5 pair terms."""
     from pigeon_bench.metrics import functional as Fn
 
     sizes = ((64, 512), (128, 256), (256, 128), (512, 64), (512, 32))  # VGG16 relu1_2 .. relu5_3 at 512 px
@@ -374,62 +374,61 @@ def paper_overheads() -> dict[str, float]:
     hist = [maps[k].expand(5, *maps[k].shape)[None] for k in maps]
     x = torch.rand(1, 3, 512, 512) * 255
     others = Fn.msssim_stats(torch.rand(5, 3, 512, 512) * 255)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = C.FeatureStore(tmp, memory_bytes=0, budget=None)
-        keys = iter(range(10**6))
-
-        def put_and_get() -> None:
-            key = f"{next(keys):064x}"
-            store.put("m", key, maps)
-            store.get("m", key)
-
-        io_seconds = _cpu_seconds(put_and_get)
-        store.close()
     return {"lpips_5_pairs_from_maps": round(_cpu_seconds(lambda: Fn.lpips_from_maps(gen, hist)), 3),
-            "map_put_and_get": round(io_seconds, 3),
             "msssim_terms_and_5_pairs": round(_cpu_seconds(lambda: Fn.ms_ssim_from_stats(
                 Fn.cat_msssim_stats([Fn.msssim_stats(x)] * 5), others)), 3),
             "map_mb": round(sum(t.nbytes for t in maps.values()) / 1e6, 1)}
 
 
 def bench_paper(n_samples: int, n_folders: int) -> dict:
-    """The paper architectures at 512 px on a small job; the official pattern priced by the per-image forward
-    seconds measured here (its repeats are the same forwards again)."""
+    """The paper architectures at 512 px on a small job, scored as ``pigeon-bench run`` scores (one
+    ``score_many`` pass over a job's folders), once with 1 folder and once with ``n_folders``, each on an
+    empty cache: their difference is the cost of a generated image, the rest the shared history, references
+    and texts; a Table-1 job of 20 folders is extrapolated from both. The official pattern is priced with the
+    per-image forward seconds measured here (its repeats are the same forwards again)."""
     from pigeon_bench.scoring import Scorer
 
+    if n_folders < 2:
+        raise SystemExit("--paper-folders must be 2 or more (a 1-folder pass is the baseline)")
     backbones, build_seconds = _paper_backbones()
     clock = _forward_clock()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folders = job(root, n_samples, n_folders, 512, per_user=max(2, n_samples))
-        scorer = Scorer(profile="paper", cache_dir=root / "cache", progress=False, batch_size=4)
-        scorer._backbones.update(backbones)  # the random-weight stand-ins instead of resolving weights
-        result = score_job(scorer, folders, clock)
-        counts = scorer.forward_counts()
-        scorer.store.close()  # the last connection folds the WAL into the database files
-        scorer.pairs.close()
-        disk = _store_bytes(root / "cache")
+        passes, disk = {}, {}
+        for f in (1, n_folders):
+            scorer = Scorer(profile="paper", cache_dir=root / f"cache-{f}", progress=False, batch_size=4)
+            scorer._backbones.update(backbones)  # the random-weight stand-ins instead of resolving weights
+            before = scorer.forward_counts()
+            passes[f] = _one_pass(scorer, folders[:f], clock)
+            passes[f]["forwards"] = {k: v - before[k] for k, v in scorer.forward_counts().items()}
+            scorer.store.close()  # the last connection folds the WAL into the database files
+            scorer.pairs.close()
+            disk = _store_bytes(root / f"cache-{f}")
+        counts = scorer.forward_counts()  # both passes
     n_gen = n_samples * n_folders
     cpu_per_image = {k: clock.cpu[k] / counts[k] for k in counts if counts[k]}
     wall_per_image = {k: clock.wall[k] / counts[k] for k in counts if counts[k]}
     official = {m: sum(OFFICIAL_PER_IMAGE[k] * per[k] for k in OFFICIAL_PER_IMAGE)
                 for m, per in (("cpu", cpu_per_image), ("wall", wall_per_image))}
-    first, rest = result["per_folder"][0], result["per_folder"][1:] or result["per_folder"][:1]
+    one, many = passes[1], passes[n_folders]
 
     def table1(key: str) -> float:
         """Seconds per generated image of a Table-1 job (20 folders on the same samples: 9 methods + 11
-        alpha_r candidates): the first folder pays for history, references and texts, the others for their
-        own generated images."""
-        return (first[key] + 19 * float(np.mean([f[key] for f in rest]))) / (20 * n_samples)
+        alpha_r candidates): the shared part once, each generated image's own part 20 n times."""
+        own = (many[key] - one[key]) / ((n_folders - 1) * n_samples)
+        shared = one[key] - n_samples * own
+        return (shared + 20 * n_samples * own) / (20 * n_samples)
 
     def figures(m: str) -> dict:
         fwd = f"forward_{m}"
         return {
-            "engine_seconds_per_generated_image": round(result[m] / n_gen, 2),
-            "engine_forward_only_seconds_per_generated_image": round(result[fwd] / n_gen, 2),
-            "engine_total_over_forwards": round(result[m] / result[fwd], 3),
+            "engine_seconds_per_generated_image": round(many[m] / n_gen, 2),
+            "engine_forward_only_seconds_per_generated_image": round(many[fwd] / n_gen, 2),
+            "engine_total_over_forwards": round(many[m] / many[fwd], 3),
             "official_seconds_per_generated_image": round(official[m], 1),
-            "official_over_engine": round(official[m] * n_gen / result[m], 2),
+            "official_over_engine": round(official[m] * n_gen / many[m], 2),
+            "official_over_forward_only_bound": round(official[m] * n_gen / many[fwd], 2),
             "table1_job": {"engine_seconds_per_generated_image": round(table1(m), 2),
                            "engine_forward_only_seconds_per_generated_image": round(table1(fwd), 2),
                            "engine_total_over_forwards": round(table1(m) / table1(fwd), 3),
@@ -440,15 +439,15 @@ def bench_paper(n_samples: int, n_folders: int) -> dict:
         "samples": n_samples, "folders": n_folders, "generated_images": n_gen, "resize": 512,
         "build_seconds": build_seconds,
         "forward_cpu_seconds_per_image": {k: round(v, 2) for k, v in cpu_per_image.items()},
-        "engine_forwards": counts,
+        "engine_forwards": many["forwards"], "engine_forwards_1_folder": one["forwards"],
         "engine_image_forwards_per_generated_image": round(sum(
-            v for k, v in counts.items() if k != "clip-text") / n_gen, 2),
+            v for k, v in many["forwards"].items() if k != "clip-text") / n_gen, 2),
         "official_forwards_per_generated_image": OFFICIAL_PER_IMAGE,
         "official_note": "priced from the forward seconds per image measured here; model reloads not "
                          "included (per folder 4 CLIP, 2 DINO, 1 VGG, 1 Inception: amortised over a "
                          "paper-size folder)",
         "cpu": figures("cpu"), "wall": figures("wall"),
-        "per_folder": [{k: round(v, 1) for k, v in f.items()} for f in result["per_folder"]],
+        "passes": {f: {k: round(v, 1) for k, v in p.items() if k != "forwards"} for f, p in passes.items()},
         "cache_bytes_per_generated_image": {k: round(v / n_gen) for k, v in disk.items()},
         "overhead_cpu_seconds_per_generated_image": paper_overheads(),
     }
@@ -459,13 +458,14 @@ def _one_pass(scorer, folders: list[list], clock: Clock) -> dict:
     import warnings
 
     scorer.fingerprints()
+    wall0, cpu0 = sum(clock.wall.values()), sum(clock.cpu.values())
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for scores in scorer.score_many(folders):
             scorer.summarize(scores)
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-            "forward_wall": sum(clock.wall.values()), "forward_cpu": sum(clock.cpu.values())}
+            "forward_wall": sum(clock.wall.values()) - wall0, "forward_cpu": sum(clock.cpu.values()) - cpu0}
 
 
 def _growth_worker(n_samples: int, n_folders: int, one_pass: int = 0) -> dict:
@@ -523,7 +523,7 @@ def main() -> None:
     parser.add_argument("--fid-n", type=int, default=4555)
     parser.add_argument("--fid-reps", type=int, default=1, help="replicates timed per path")
     parser.add_argument("--paper-samples", type=int, default=2)
-    parser.add_argument("--paper-folders", type=int, default=2)
+    parser.add_argument("--paper-folders", type=int, default=3)
     parser.add_argument("--growth-n", type=int, default=8)
     parser.add_argument("--growth-folders", type=int, default=20, help="a Table-1 job: 9 methods + 11 alphas")
     parser.add_argument("--store-writer", nargs=3, help=argparse.SUPPRESS)

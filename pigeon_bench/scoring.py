@@ -248,12 +248,15 @@ class Scorer:
 
     def _stack(self, namespace: str, keys: Sequence[str], name: str) -> torch.Tensor:
         """(len(keys), ...) output ``name`` of the stored entries of ``keys``, read in chunks."""
-        rows = []
+        out = None
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start:start + _READ_CHUNK]
             got = self.store.get_many(namespace, chunk)
-            rows.extend(got[key][name] for key in chunk)
-        return torch.stack(rows)
+            rows = torch.stack([got[key][name] for key in chunk])
+            if out is None:
+                out = rows.new_empty((len(keys), *rows.shape[1:]))
+            out[start:start + len(chunk)] = rows
+        return out
 
     def _ensure_texts(self, backbone: Backbone, texts: Sequence[str]) -> None:
         """Compute and store the text-tower embeddings of ``texts`` that the cache lacks, in batches."""
@@ -593,12 +596,13 @@ class Scorer:
         for m in table.TABLE:
             if m.inputs:
                 per_sample[m.name] = m.function(*(per_sample[i] for i in m.inputs))
-        for name, values in per_sample.items():
-            if name in scores.skipped:
-                metrics[name] = _NOT_SCORED
-                continue
-            lo, hi = stats.bootstrap_ci(values, self.n_boot, self.seed, level)
-            metrics[name] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi}
+        scored = [name for name in per_sample if name not in scores.skipped]
+        intervals = stats.bootstrap_mean_cis([per_sample[name] for name in scored], self.n_boot, self.seed,
+                                             level)
+        for name in per_sample:
+            metrics[name] = _NOT_SCORED
+        for name, (lo, hi) in zip(scored, intervals, strict=True):
+            metrics[name] = {"mean": float(np.mean(per_sample[name])), "lo": lo, "hi": hi}
         bootstrap = {"n_boot": self.n_boot, "seed": self.seed, "level": level}
         for m in table.TABLE:
             if m.kind == SET and m.name not in scores.sets:

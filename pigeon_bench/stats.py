@@ -8,7 +8,7 @@ vectorised code path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,25 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
     resampled = values[bootstrap_indices(n, n_boot, seed)]
     stats = resampled.mean(axis=1) if statistic is None else np.asarray(statistic(resampled), np.float64)
     return percentile_interval(stats, level)
+
+
+def bootstrap_mean_cis(columns: Sequence[np.ndarray], n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                       level: float = 0.95, chunk_bytes: int = 1 << 24) -> list[tuple[float, float]]:
+    """``bootstrap_ci`` of the mean of each of ``columns`` (n values each), with the same draws and the
+    same bits, from chunks of replicates: memory bounded by ``chunk_bytes`` instead of (n_boot, n) indices and
+    resamples per column."""
+    columns = [np.asarray(c, dtype=np.float64) for c in columns]
+    n = len(columns[0]) if columns else 0
+    if n == 0:
+        return [(float("nan"), float("nan"))] * len(columns)
+    rng = np.random.default_rng(seed)  # as bootstrap_indices: consecutive chunks give the same draws
+    step = max(1, chunk_bytes // (16 * n))
+    means = [np.empty(n_boot) for _ in columns]
+    for start in range(0, n_boot, step):
+        idx = rng.integers(0, n, size=(min(step, n_boot - start), n))
+        for values, out in zip(columns, means, strict=True):
+            out[start:start + len(idx)] = values[idx].mean(axis=1)
+    return [percentile_interval(m, level) for m in means]
 
 
 def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -107,3 +107,13 @@ def test_cluster_bootstrap_is_wider_than_iid_for_clustered_data():
     iid_lo, iid_hi = bootstrap_ci(values, n_boot=500, seed=1)
     assert hi - lo > 2 * (iid_hi - iid_lo)
     assert cluster_bootstrap_mean(values, clusters, n_boot=500, seed=1) == (mean, lo, hi)
+
+
+def test_mean_intervals_in_chunks_equal_the_whole_draw_bit_for_bit():
+    """``bootstrap_mean_cis`` draws replicates in chunks (bounded memory at n = 8,000) and must give each
+    column exactly ``bootstrap_ci``'s interval."""
+    rng = np.random.default_rng(4)
+    columns = [rng.standard_normal(301), rng.random(301) * 100]
+    got = stats.bootstrap_mean_cis(columns, n_boot=97, seed=11, chunk_bytes=16 * 301 * 5)  # chunks of 5
+    assert got == [stats.bootstrap_ci(c, 97, 11) for c in columns]
+    assert stats.bootstrap_mean_cis(columns, 97, 12) != got

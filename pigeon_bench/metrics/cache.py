@@ -57,7 +57,7 @@ from pigeon_bench.errors import UserError
 from pigeon_bench.paths import cache_dir
 
 # the in-memory layer: a working set (the scorer reads a namespace's entries in chunks), not the whole job's
-DEFAULT_MEMORY_BYTES = 1 << 27
+DEFAULT_MEMORY_BYTES = 1 << 25
 COMPACT_MAX_BYTES = 1 << 17  # larger entries (feature maps) are files of their own
 SHARDS = 4  # sqlite files per namespace: concurrent writers of one namespace rarely wait for each other
 BUDGET_ENV = "PIGEON_BENCH_CACHE_BUDGET"

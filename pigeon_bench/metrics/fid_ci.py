@@ -63,7 +63,7 @@ def _trace_sqrt_cross(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(cross).sum()
 
 
-def _trace_sqrt_product(sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+def trace_sqrt_product(sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
     """tr sqrt(S_a S_b) from the (d, d) covariances: the eigenvalues of L^T S_b L, L L^T = S_a."""
     with one_thread():
         factor, info = torch.linalg.cholesky_ex(sa)
@@ -117,7 +117,7 @@ def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
             tr_a, tr_b, tr_sqrt = wa.pow(2).sum(), wb.pow(2).sum(), _trace_sqrt_cross(wa, wb)
         else:
             (mu_a, sa), (mu_b, sb) = _weighted_covariance(ta, rows, w), _weighted_covariance(tb, rows, w)
-            tr_a, tr_b, tr_sqrt = sa.trace(), sb.trace(), _trace_sqrt_product(sa, sb)
+            tr_a, tr_b, tr_sqrt = sa.trace(), sb.trace(), trace_sqrt_product(sa, sb)
         out[r] = float((mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2 * tr_sqrt)
     return out
 

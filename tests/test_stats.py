@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pigeon_bench import stats
 from pigeon_bench.metrics import overall
 from pigeon_bench.stats import (
     bootstrap_ci,

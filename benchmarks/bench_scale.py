@@ -468,6 +468,41 @@ def _one_pass(scorer, folders: list[list], clock: Clock) -> dict:
             "forward_wall": sum(clock.wall.values()) - wall0, "forward_cpu": sum(clock.cpu.values()) - cpu0}
 
 
+class PhasePeaks:
+    """Peak RSS (MB, sampled every 0.2 s) in each of the scorer's phases: features, pair metrics, summary."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from pigeon_bench.scoring import Scorer
+
+        self.phase, self.peaks = "setup", {}
+        for name, label in (("_ensure", "features"), ("_streamed_pairs", "pair metrics"),
+                            ("summarize", "summary")):
+            self._wrap(Scorer, name, label)
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _wrap(self, owner: type, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def marked(*args, **kwargs):
+            outer, self.phase = self.phase, label
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.phase = outer
+
+        setattr(owner, name, marked)
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            with open("/proc/self/statm") as f:
+                mb = int(f.read().split()[1]) * page / 2**20
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), mb)
+            time.sleep(0.2)
+
+
 def _growth_worker(n_samples: int, n_folders: int, one_pass: int = 0) -> dict:
     """One size of the growth section, in its own process (peak RSS is per process); ``one_pass``: the
     folders through ``Scorer.score_many``."""
@@ -475,6 +510,7 @@ def _growth_worker(n_samples: int, n_folders: int, one_pass: int = 0) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     clock = _forward_clock()
+    phases = PhasePeaks()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -493,6 +529,7 @@ def _growth_worker(n_samples: int, n_folders: int, one_pass: int = 0) -> dict:
             "cpu_total_over_forwards": round(result["cpu"] / result["forward_cpu"], 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "rss_after_making_the_images_mb": round(rss_data / 1024), "image_seconds": round(t_data, 1),
+            "peak_rss_mb_by_phase": {k: round(v) for k, v in phases.peaks.items()},
             "forwards": scorer.forward_counts(),
             "cache_bytes_per_generated_image": {k: round(v / n_gen) for k, v in disk.items()}}
 

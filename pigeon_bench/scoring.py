@@ -607,6 +607,8 @@ class Scorer:
         for m in table.TABLE:
             if m.kind == SET and m.name not in scores.sets:
                 metrics[m.name] = _NOT_SCORED
+        # FID's float64 linear algebra on the scoring GPU (CUDA has float64; MPS has not)
+        fid_device = self.device if str(self.device).startswith("cuda") else "cpu"
         for m in set_metrics:
             gen, ref = scores.sets[m.name]
             if not set_intervals:
@@ -619,7 +621,7 @@ class Scorer:
                               f"{gen.shape[1]} features each resample is a full covariance "
                               "eigendecomposition", stacklevel=2)
                 bootstrap[f"{m.name}_n_boot"] = n_boot
-            lo, hi = fid_ci(gen, ref, n_boot, self.seed, level)
+            lo, hi = fid_ci(gen, ref, n_boot, self.seed, level, fid_device)
             metrics[m.name] = {"mean": m.function(gen, ref), "lo": lo, "hi": hi}
         return {
             "profile": self.profile.name,

@@ -105,8 +105,10 @@ def ms_ssim_from_stats(a: MsssimStats, b: MsssimStats) -> torch.Tensor:
         else:
             ssim_map = ((2 * mu12 + _C1) / (mua.pow(2) + mub.pow(2) + _C1)) * cs_map
             mcs.append(torch.relu(torch.flatten(ssim_map, 2).mean(-1)))
-    weights = torch.tensor(MSSSIM_WEIGHTS, dtype=mcs[0].dtype).view(-1, 1, 1)
-    return torch.prod(torch.stack(mcs) ** weights, dim=0).mean(1)
+    # the levels' combination in float64, rounded once: vectorised float32 pow gives some rows another last
+    # bit by their place in the batch, so a pair's value would depend on the pairs computed beside it
+    weights = torch.tensor(MSSSIM_WEIGHTS, dtype=torch.float64).view(-1, 1, 1)
+    return torch.prod(torch.stack(mcs).double() ** weights, dim=0).mean(1).to(mcs[0].dtype)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

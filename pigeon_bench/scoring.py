@@ -68,6 +68,7 @@ FID_MAX_BOOT_LARGE_N = 100
 _PIXELS_LRU_BYTES = 1 << 27
 _READ_CHUNK = 1024  # feature-store keys read per get_many
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
+_EMBEDDING_CHUNK_BYTES = 1 << 26  # bounds an embedding metric's stacked rows and temporaries (any n)
 # Distinct images (generated and paired) of one block of consecutive samples: the LPIPS maps and MS-SSIM terms
 # held at once (64 MB / 12 MB an image at 512 px with float16 maps).
 _BLOCK_IMAGES = 16
@@ -351,10 +352,11 @@ class Scorer:
     def _pairwise(self, gen_d: Sequence[str], other: Sequence[str], per_image_bytes: int,
                   score: Callable[[list[str], list[str]], torch.Tensor]) -> np.ndarray:
         """(n,) mean over each sample's k paired items of a vectorised pair score, ``score(m generated
-        digests, m * k paired keys) -> (m, k)``, in blocks of m samples (bounded by _PAIR_CHUNK_BYTES)."""
+        digests, m * k paired keys) -> (m, k)``, in blocks of m samples (_EMBEDDING_CHUNK_BYTES bounds)."""
         n = len(gen_d)
         k = len(other) // n
-        step = max(1, _PAIR_CHUNK_BYTES // max(1, 2 * k * per_image_bytes))
+        # the stacked float32 rows and cosine_100's float64 copies and normalized twins (~6x the rows)
+        step = max(1, _EMBEDDING_CHUNK_BYTES // max(1, 6 * (k + 1) * per_image_bytes))
         out = [score(list(gen_d[start:start + step]), list(other[start * k:(start + step) * k]))
                for start in range(0, n, step)]
         return torch.cat(out).double().mean(1).numpy()

@@ -41,7 +41,7 @@ def _weighted_rows(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> tupl
 
 
 def _weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
-                         chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, covariance) of the rows of x repeated w times, accumulated over chunks of rows in float64 (no
     (m, d) float64 matrix: memory bounded by d x d whatever n)."""
     n = w.sum()
@@ -70,7 +70,8 @@ def trace_sqrt_product(sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
         if int(info) != 0:  # singular S_a: its symmetric square root gives a similar symmetric product
             ev, vectors = torch.linalg.eigh(sa)
             factor = vectors * ev.clamp(min=0).sqrt()
-    product = factor.T @ sb @ factor
+    product = factor.T @ (sb @ factor)
+    del factor
     with one_thread():
         return torch.linalg.eigvalsh(product).clamp(min=0).sqrt().sum()
 

@@ -601,10 +601,9 @@ class Scorer:
         scored = [name for name in per_sample if name not in scores.skipped]
         intervals = stats.bootstrap_mean_cis([per_sample[name] for name in scored], self.n_boot, self.seed,
                                              level)
-        for name in per_sample:
-            metrics[name] = _NOT_SCORED
-        for name, (lo, hi) in zip(scored, intervals, strict=True):
-            metrics[name] = {"mean": float(np.mean(per_sample[name])), "lo": lo, "hi": hi}
+        metrics.update(dict.fromkeys(per_sample, _NOT_SCORED))
+        metrics.update({name: {"mean": float(np.mean(per_sample[name])), "lo": lo, "hi": hi}
+                        for name, (lo, hi) in zip(scored, intervals, strict=True)})
         bootstrap = {"n_boot": self.n_boot, "seed": self.seed, "level": level}
         for m in table.TABLE:
             if m.kind == SET and m.name not in scores.sets:
@@ -658,8 +657,7 @@ class Scorer:
         rank 0 scores every run from the cache and writes them; the other ranks return no summaries.
         ``means_only``: runs whose summaries feed a selection only (no set-level interval, see ``summarize``).
         """
-        jobs = [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
-                for r in runs]
+        jobs = self._jobs(runs, data_dir, partial)
         if ranks is not None and ranks.world > 1:
             self._fill_share([inputs for _, inputs, _, _ in jobs], ranks)
             if not ranks.main:
@@ -676,8 +674,7 @@ class Scorer:
         block of every run's samples into the shared cache, then a barrier; rank 0's scoring of ``runs``
         afterwards reads them (``pigeon-bench run`` shares its scoring this way)."""
         if ranks.world > 1:
-            self._fill_share([self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir,
-                                               partial)[1] for r in runs], ranks)
+            self._fill_share([inputs for _, inputs, _, _ in self._jobs(runs, data_dir, partial)], ranks)
 
     def _fill_share(self, folders: Sequence[Sequence[SampleInputs]], ranks: Ranks) -> None:
         shares = [share for inputs in folders if (share := ranks.block(inputs))]
@@ -686,6 +683,11 @@ class Scorer:
                 warnings.simplefilter("ignore")  # rank 0 warns when it scores the whole
                 self.score_many(shares)
         ranks.barrier()
+
+    def _jobs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None, partial: bool
+              ) -> list[tuple[RunFolder, list[SampleInputs], dict, dict]]:
+        return [self._run_inputs(r if isinstance(r, RunFolder) else RunFolder(r), data_dir, partial)
+                for r in runs]
 
     def _run_inputs(self, run: RunFolder, data_dir: str | Path | None, partial: bool
                     ) -> tuple[RunFolder, list[SampleInputs], dict, dict]:

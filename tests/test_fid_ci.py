@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pigeon_bench import stats
 from pigeon_bench.metrics import functional as Fn
-from pigeon_bench.metrics.fid_ci import fid_ci, fid_replicates
+from pigeon_bench.metrics.fid_ci import fid_ci, fid_replicates, weighted_covariance
 
 
 def _sets(n: int, d: int, seed: int = 0, rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,8 @@ def test_more_rows_than_one_chunk_from_float32_features_match_the_float64_formul
     the set): the same FID and replicates as numpy's covariance of the float64 rows."""
     a, b = (x.astype(np.float32) for x in _sets(2500, 12, seed=2))
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    mu, cov = Fn.covariance(a, chunk=700)
+    mu, cov = (t.numpy() for t in weighted_covariance(torch.from_numpy(a), torch.arange(2500),
+                                                          torch.ones(2500, dtype=torch.float64), chunk=700))
     np.testing.assert_allclose(mu, a64.mean(0), rtol=1e-12)
     np.testing.assert_allclose(cov, np.cov(a64, rowvar=False), rtol=1e-10, atol=1e-13)
     sa, sb = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)

@@ -40,10 +40,11 @@ def _weighted_rows(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> tupl
     return mu, (xs - mu) * (w / (n - 1)).sqrt()[:, None]
 
 
-def _weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
-                         chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, covariance) of the rows of x repeated w times, accumulated over chunks of rows in float64 (no
-    (m, d) float64 matrix: memory bounded by d x d whatever n)."""
+def weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
+                        chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased covariance) of the rows of x repeated w times, accumulated over chunks of rows in
+    float64 (no (m, d) float64 matrix: memory bounded by d x d whatever n; x may be float32). Unit weights
+    over all rows give the plain covariance (``functional.frechet_distance``)."""
     n = w.sum()
     mu = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for start in range(0, len(rows), chunk):
@@ -117,7 +118,7 @@ def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
             mu_b, wb = _weighted_rows(tb, rows, w)
             tr_a, tr_b, tr_sqrt = wa.pow(2).sum(), wb.pow(2).sum(), _trace_sqrt_cross(wa, wb)
         else:
-            (mu_a, sa), (mu_b, sb) = _weighted_covariance(ta, rows, w), _weighted_covariance(tb, rows, w)
+            (mu_a, sa), (mu_b, sb) = weighted_covariance(ta, rows, w), weighted_covariance(tb, rows, w)
             tr_a, tr_b, tr_sqrt = sa.trace(), sb.trace(), trace_sqrt_product(sa, sb)
         out[r] = float((mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2 * tr_sqrt)
     return out

@@ -118,15 +118,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     non-zero eigenvalues of S_a S_b are the squared singular values of A B^T (A, B centred and scaled by
     1/sqrt(n-1)), so it is the nuclear norm of the (n1, n2) matrix A B^T; when both sets exceed d rows the
     eigenvalues of the symmetric (d, d) form L^T S_b L (L L^T = S_a; ``fid_ci.trace_sqrt_product``) are used
-    instead, from covariances accumulated over chunks of rows (``covariance``).
+    instead, from covariances accumulated over chunks of rows (``fid_ci.weighted_covariance``).
     """
     n1, n2, d = len(a), len(b), np.shape(a)[1]
     if min(n1, n2) > d:  # the (d, d) covariances, accumulated over row chunks (memory independent of n)
-        from pigeon_bench.metrics.fid_ci import trace_sqrt_product
+        from pigeon_bench.metrics.fid_ci import trace_sqrt_product, weighted_covariance
 
-        (mu_a, sa), (mu_b, sb) = covariance(a), covariance(b)
-        traces = float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb))
-        return traces - 2 * float(trace_sqrt_product(torch.from_numpy(sa), torch.from_numpy(sb)))
+        def moments(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            unit = torch.ones(len(x), dtype=torch.float64)  # every row once
+            return weighted_covariance(torch.as_tensor(np.asarray(x)), torch.arange(len(x)), unit)
+
+        (mu_a, sa), (mu_b, sb) = moments(a), moments(b)
+        return float((mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * trace_sqrt_product(sa, sb))
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)
@@ -136,17 +139,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     tr_sqrt = float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum())
     return float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2 * tr_sqrt)
 
-
-def covariance(x: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, unbiased covariance) of the rows of ``x`` (n, d), in float64, from float64 copies of ``chunk``
-    rows at a time (``x`` itself may be float32: no (n, d) float64 copy)."""
-    n, d = x.shape
-    mu = np.zeros(d)
-    for start in range(0, n, chunk):
-        mu += np.asarray(x[start:start + chunk], dtype=np.float64).sum(0)
-    mu /= n
-    cov = np.zeros((d, d))
-    for start in range(0, n, chunk):
-        xc = np.asarray(x[start:start + chunk], dtype=np.float64) - mu
-        cov += xc.T @ xc
-    return mu, cov / (n - 1)

@@ -66,6 +66,7 @@ FID_MAX_BOOT_LARGE_N = 100
 # decoded images (original and resized) reused within one call: a working set of a few batches and one pair
 # block (16 images of 4 MB at 1024 px + their 512 px resize), so that memory does not grow with the samples
 _PIXELS_LRU_BYTES = 1 << 27
+_N_BOOT = "_n_boot"  # summary["bootstrap"][<set metric> + _N_BOOT]: its interval's resamples where not n_boot
 _READ_CHUNK = 1024  # feature-store keys read per get_many
 _PAIR_CHUNK_BYTES = 1 << 28  # bounds the stacked per-pair MS-SSIM terms / LPIPS maps of one vectorised block
 _EMBEDDING_CHUNK_BYTES = 1 << 26  # bounds an embedding metric's stacked rows and temporaries (any n)
@@ -199,14 +200,21 @@ class Scorer:
                 counts[f"{bid}-text"] = self._backbones[bid].text_forwards
         return counts
 
-    def wrote(self, summary: dict) -> bool:
+    def wrote(self, summary: dict, intervals: bool = False) -> bool:
         """Whether ``summary`` came from this scorer's setup: profile, the fingerprints of the backbones whose
-        weights are here now, preprocessing and bootstrap (n_boot, seed)."""
+        weights are here now, preprocessing and bootstrap (n_boot, seed); with ``intervals``, also whether it
+        holds its set-level intervals (``has_intervals``)."""
         boot = summary.get("bootstrap") or {}
         made_by = (summary.get("profile"), summary.get("backbones"), summary.get("preprocess"),
                    boot.get("n_boot"), boot.get("seed"))
         return made_by == (self.profile.name, self.fingerprints(), self.preprocess.record(), self.n_boot,
-                           self.seed)
+                           self.seed) and (not intervals or self.has_intervals(summary))
+
+    @staticmethod
+    def has_intervals(summary: dict) -> bool:
+        """Whether ``summary`` holds its set-level intervals (not from ``summarize(set_intervals=False)``)."""
+        boot = summary.get("bootstrap") or {}
+        return not any(key.endswith(_N_BOOT) and value == 0 for key, value in boot.items())
 
     @property
     def notice(self) -> str:
@@ -613,7 +621,7 @@ class Scorer:
         for m in set_metrics:
             gen, ref = scores.sets[m.name]
             if not set_intervals:
-                bootstrap[f"{m.name}_n_boot"] = 0
+                bootstrap[m.name + _N_BOOT] = 0
                 metrics[m.name] = {"mean": m.function(gen, ref), "lo": None, "hi": None}
                 continue
             n_boot = self.n_boot if n <= gen.shape[1] else min(self.n_boot, FID_MAX_BOOT_LARGE_N)
@@ -621,7 +629,7 @@ class Scorer:
                 warnings.warn(f"{m.short}'s CI from {n_boot} resamples, not {self.n_boot}: with n = {n} > "
                               f"{gen.shape[1]} features each resample is a full covariance "
                               "eigendecomposition", stacklevel=2)
-                bootstrap[f"{m.name}_n_boot"] = n_boot
+                bootstrap[m.name + _N_BOOT] = n_boot
             lo, hi = fid_ci(gen, ref, n_boot, self.seed, level, fid_device)
             metrics[m.name] = {"mean": m.function(gen, ref), "lo": lo, "hi": hi}
         return {

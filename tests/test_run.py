@@ -231,10 +231,17 @@ def test_select_writes_and_scores_both_selections(dataset_dir, tmp_path, noise_m
     test_sweep, valid_sweep = tmp_path / "test", tmp_path / "valid"
     runs.generate(spec(dataset_dir, noise_method, sweep=True), test_sweep)
     runs.generate(spec(dataset_dir, noise_method, sweep=True, split="valid"), valid_sweep)
+    shutil.copytree(test_sweep, tmp_path / "test-all")
     scorer = RedScorer()
     selected, chosen = (r.path for r in runs.select(Sweep(test_sweep), scorer, Sweep(valid_sweep)))
-    assert len(scorer.scored) == 23 and scorer.scored[-1] == selected  # valid-chosen copies its α_r's scores
-    assert scorer.means_only == set(Sweep(valid_sweep).runs())  # the valid split feeds the selection only
+    assert len(scorer.scored) == 24 and scorer.scored[-2] == selected  # valid-chosen copies its α_r's scores,
+    assert scorer.scored[-1] == test_sweep / "alpha_r=0.6"  # summarized again with FID's interval
+    # FID intervals only where a report ranks: the valid candidates feed the selection, the test ones are
+    # diagnostics beside it, unless asked for
+    assert scorer.means_only == set(Sweep(valid_sweep).runs()) | set(Sweep(test_sweep).runs())
+    asked = RedScorer()
+    runs.select(Sweep(tmp_path / "test-all"), asked, Sweep(valid_sweep), candidate_intervals=True)
+    assert asked.means_only == set(Sweep(valid_sweep).runs())
 
     picks = pd.read_parquet(selected / "selection.parquet")
     assert dict(zip(picks["sample_id"], picks["alpha_r"], strict=True)) == {"s0": 0.3, "s1": 0.8}

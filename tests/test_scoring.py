@@ -21,6 +21,7 @@ from pigeon_bench.metrics import functional as Fn
 from pigeon_bench.metrics import overall, table
 from pigeon_bench.metrics.preprocess import ResizeSpec
 from pigeon_bench.profiles import TINY_NOTICE as TINY_PROFILE_NOTICE
+from pigeon_bench.runs import selection
 from pigeon_bench.runs.folder import RunFolder
 from pigeon_bench.schema import METRICS, PER_SAMPLE_METRICS
 from pigeon_bench.scoring import SampleInputs, SampleScores, Scorer
@@ -216,7 +217,11 @@ def test_only_the_missing_pairs_are_computed_and_equal_a_cold_scoring(world, sco
     fresh = Scorer(profile="tiny", resize=SIZE, cache_dir=tmp_path / "fresh", n_boot=200, progress=False)
     with pytest.warns(UserWarning):
         fresh.score_run(changed)
-    pd.testing.assert_frame_equal(got, pd.read_parquet(changed / "scores.parquet"), check_exact=True)
+    # s2 and s3 went through the backbones in a batch of 2 here and beside s0, s1 cold: on CPUs whose float32
+    # kernels depend on the batch's composition (seen on an AVX-512 EPYC: 5e-8 apart) equal to float32 noise
+    cold = pd.read_parquet(changed / "scores.parquet")
+    pd.testing.assert_frame_equal(got, cold, check_exact=False, rtol=1e-6, atol=1e-6)
+    pd.testing.assert_frame_equal(got.iloc[:2], cold.iloc[:2], check_exact=True)  # s0, s1 read from the cache
     known = pd.read_parquet(run / "scores.parquet")
     pd.testing.assert_frame_equal(got.iloc[:2], known.iloc[:2], check_exact=True)
 
@@ -275,6 +280,15 @@ def test_means_only_runs_get_fids_mean_without_its_interval(world, scored, tmp_p
     assert interval["metrics"]["fid"] == full["metrics"]["fid"] and full["metrics"]["fid"]["lo"] is not None
     assert means["metrics"]["fid"] == {"mean": full["metrics"]["fid"]["mean"], "lo": None, "hi": None}
     assert means["bootstrap"]["fid_n_boot"] == 0 and means["metrics"]["p_cis"] == full["metrics"]["p_cis"]
+    assert Scorer.has_intervals(interval) and not Scorer.has_intervals(means)
+
+    # a means-only summary is scored once as such; where its interval is wanted later, it is summarized again
+    assert selection.unscored(copies, scorer, means_only={copies[1]}) == []
+    assert selection.unscored(copies, scorer) == [copies[1]]
+    with pytest.warns(UserWarning, match="FID on 4 samples"):
+        selection.score(copies, scorer)
+    assert copies[1].read_summary()["metrics"]["fid"] == full["metrics"]["fid"]
+    assert selection.unscored(copies, scorer) == []
 
 
 def test_warm_cache_needs_no_forward_and_gives_identical_scores(world, scored):

@@ -12,6 +12,9 @@ from pigeon_bench.metrics.preprocess import DINO_ITEMS, FID_IMPLEMENTATIONS
 from pigeon_bench.metrics.preprocess import HELP as PREPROCESS_HELP
 from pigeon_bench.profiles import HELP as PROFILE_HELP
 
+CANDIDATE_INTERVALS_HELP = ("Also compute FID's bootstrap interval for each fixed-alpha_r test candidate of "
+                            "a sweep (default: only for the selections, the rows a report ranks; the "
+                            "candidates' FID means are always computed).")
 _OPTION_HELP = "Method option key=value (repeatable), e.g. -o checkpoint=PATH (see `pigeon-bench methods`)."
 
 
@@ -71,6 +74,8 @@ def run(
     batch_size: Annotated[int | None, typer.Option(help="Requests per generator call (default 4).")] = None,
     valid: Annotated[bool | None, typer.Option(
         help="For alpha_r methods, also sweep the valid split and pick one fixed alpha_r there.")] = None,
+    candidate_intervals: Annotated[bool | None, typer.Option(
+        help=CANDIDATE_INTERVALS_HELP)] = None,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="METHOD.KEY=VALUE (one method) or KEY=VALUE (every method that has it), "
                                "repeatable, e.g. -o pigeon.checkpoint=CKPT.")] = None,
@@ -81,7 +86,7 @@ def run(
     names = [n.strip() for m in (methods or []) for n in m.split(",") if n.strip()] or None
     exp = experiment(config, option or [], scenario=scenario, data=data, methods=names, profile=profile,
                      limit=limit, out=out, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
-                     valid=valid)
+                     valid=valid, candidate_intervals=candidate_intervals)
     text, path = run(exp)
     if text:  # under torchrun, rank 0 reports
         typer.echo(text)
@@ -93,6 +98,7 @@ def select(
     valid_run: Annotated[Path | None, typer.Option(
         help="A sweep of the same method on the valid split: also pick one fixed alpha_r there.")] = None,
     device: Annotated[str, typer.Option(help="torch device for scoring.")] = "cpu",
+    candidate_intervals: Annotated[bool, typer.Option(help=CANDIDATE_INTERVALS_HELP)] = False,
 ) -> None:
     """Pick alpha_r per sample (test-time best of 11, the paper's rule) and score the selection as a run
     (with the preprocessing the sweep was scored with)."""
@@ -103,7 +109,7 @@ def select(
     sweep = Sweep(run)
     scorer = Scorer(profile=get_profile(sweep.manifest().get("profile")), device=device,
                     **recorded_preprocess(sweep.runs()))
-    for folder in select(sweep, scorer, Sweep(valid_run) if valid_run else None):
+    for folder in select(sweep, scorer, Sweep(valid_run) if valid_run else None, candidate_intervals):
         typer.echo(f"{folder}: {folder.manifest()['selection']}")
 
 

@@ -14,8 +14,9 @@ replicate is computed more cheaply, and exactly:
     all rows are computed once and each replicate takes and centres its m x m blocks (no d factor);
   - m > d: the sum of sqrt(eigenvalues of L^T S_b L), L the Cholesky factor of S_a (L^{-1} S_a S_b L =
     L^T S_b L): one Cholesky and one symmetric eigenvalue problem without eigenvectors, d x d. A singular
-    S_a uses its symmetric square root instead. S_a and S_b are accumulated over chunks of rows, so memory
-    stays near a few d x d matrices whatever n (the features may be float32; no float64 copy of all rows).
+    S_a uses its symmetric square root instead. S_a is accumulated over chunks of rows and L^T S_b L from
+    chunks of b's centred rows times L (S_b never formed), so memory stays at two d x d matrices whatever n
+    (the features may be float32; no float64 copy of all rows).
 
 The linear algebra runs in float64 through torch (on CPU its LAPACK is MKL's, measured ~3x faster than
 numpy's OpenBLAS for these eigenvalues) on ``device``. The matrix products use torch's threads; the
@@ -40,20 +41,29 @@ def _weighted_rows(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> tupl
     return mu, (xs - mu) * (w / (n - 1)).sqrt()[:, None]
 
 
-def weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
-                        chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, unbiased covariance) of the rows of x repeated w times, accumulated over chunks of rows in
-    float64 (no (m, d) float64 matrix: memory bounded by d x d whatever n; x may be float32). Unit weights
-    over all rows give the plain covariance (``functional.frechet_distance``)."""
-    n = w.sum()
+def _weighted_mean(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
+    """sum_i w_i x_rows[i] / sum_i w_i in float64, over chunks of rows."""
     mu = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for start in range(0, len(rows), chunk):
         mu += w[start:start + chunk] @ x[rows[start:start + chunk]].double()
-    mu /= n
-    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    return mu / w.sum()
+
+
+def _centred_chunks(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, chunk: int):
+    """(x_rows - mu, w / (n - 1)) over chunks of rows, in float64: sum over chunks of xc^T (xc * s) = cov."""
+    n = w.sum()
     for start in range(0, len(rows), chunk):
-        xc = x[rows[start:start + chunk]].double() - mu
-        cov += xc.T @ (xc * (w[start:start + chunk] / (n - 1))[:, None])
+        yield x[rows[start:start + chunk]].double() - mu, (w[start:start + chunk] / (n - 1))[:, None]
+
+
+def weighted_covariance(x: torch.Tensor, rows: torch.Tensor, w: torch.Tensor,
+                        chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased covariance) of the rows of x repeated w times, accumulated over chunks of rows in
+    float64 (no (m, d) float64 matrix: memory bounded by d x d whatever n; x may be float32)."""
+    mu = _weighted_mean(x, rows, w, chunk)
+    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    for xc, scale in _centred_chunks(x, rows, w, mu, chunk):
+        cov += xc.T @ (xc * scale)
     return mu, cov
 
 
@@ -64,17 +74,39 @@ def _trace_sqrt_cross(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         return torch.linalg.svdvals(cross).sum()
 
 
-def trace_sqrt_product(sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
-    """tr sqrt(S_a S_b) from the (d, d) covariances: the eigenvalues of L^T S_b L, L L^T = S_a."""
+def _square_root_factor(sa: torch.Tensor) -> torch.Tensor:
+    """L with L L^T = S_a: its Cholesky factor, or for a singular S_a its symmetric square root."""
     with one_thread():
         factor, info = torch.linalg.cholesky_ex(sa)
-        if int(info) != 0:  # singular S_a: its symmetric square root gives a similar symmetric product
+        if int(info) != 0:
             ev, vectors = torch.linalg.eigh(sa)
             factor = vectors * ev.clamp(min=0).sqrt()
-    product = factor.T @ (sb @ factor)
+    return factor
+
+
+def fid_from_covariances(xa: torch.Tensor, rows_a: torch.Tensor, wa: torch.Tensor, xb: torch.Tensor,
+                         rows_b: torch.Tensor, wb: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """FID of the rows of xa repeated wa times vs those of xb repeated wb times, on the (d, d) side.
+
+    tr sqrt(S_a S_b) = sum sqrt(eigenvalues of L^T S_b L), L L^T = S_a. L^T S_b L is accumulated from the
+    centred rows of b times L chunk by chunk, so S_b is never formed: at most two (d, d) float64 matrices
+    are alive at once (S_a and L, then L and the product), whatever the number of rows.
+    """
+    mu_a, sa = weighted_covariance(xa, rows_a, wa, chunk)
+    tr_a = sa.trace()
+    factor = _square_root_factor(sa)
+    del sa
+    mu_b = _weighted_mean(xb, rows_b, wb, chunk)
+    product = torch.zeros_like(factor)
+    tr_b = torch.zeros((), dtype=torch.float64, device=factor.device)
+    for xc, scale in _centred_chunks(xb, rows_b, wb, mu_b, chunk):
+        tr_b += (xc * xc * scale).sum()
+        projected = xc @ factor
+        product += projected.T @ (projected * scale)
     del factor
     with one_thread():
-        return torch.linalg.eigvalsh(product).clamp(min=0).sqrt().sum()
+        tr_sqrt = torch.linalg.eigvalsh(product).clamp(min=0).sqrt().sum()
+    return (mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2 * tr_sqrt
 
 
 def _from_grams(grams: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: torch.Tensor,
@@ -113,14 +145,13 @@ def fid_replicates(a: np.ndarray, b: np.ndarray, indices: np.ndarray,
             with one_thread():  # m x m blocks: small work, no product worth a second thread
                 out[r] = float(_from_grams(grams, rows, w))
             continue
-        if len(rows) <= d:  # (m, d) weighted rows, m <= d
-            mu_a, wa = _weighted_rows(ta, rows, w)
-            mu_b, wb = _weighted_rows(tb, rows, w)
-            tr_a, tr_b, tr_sqrt = wa.pow(2).sum(), wb.pow(2).sum(), _trace_sqrt_cross(wa, wb)
-        else:
-            (mu_a, sa), (mu_b, sb) = weighted_covariance(ta, rows, w), weighted_covariance(tb, rows, w)
-            tr_a, tr_b, tr_sqrt = sa.trace(), sb.trace(), trace_sqrt_product(sa, sb)
-        out[r] = float((mu_a - mu_b).pow(2).sum() + tr_a + tr_b - 2 * tr_sqrt)
+        if len(rows) > d:
+            out[r] = float(fid_from_covariances(ta, rows, w, tb, rows, w))
+            continue
+        mu_a, wa = _weighted_rows(ta, rows, w)  # (m, d) weighted rows, m <= d
+        mu_b, wb = _weighted_rows(tb, rows, w)
+        out[r] = float((mu_a - mu_b).pow(2).sum() + wa.pow(2).sum() + wb.pow(2).sum()
+                       - 2 * _trace_sqrt_cross(wa, wb))
     return out
 
 

@@ -117,19 +117,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     tr sqrt(S_a S_b) is computed exactly without a matrix square root of a non-symmetric product: the
     non-zero eigenvalues of S_a S_b are the squared singular values of A B^T (A, B centred and scaled by
     1/sqrt(n-1)), so it is the nuclear norm of the (n1, n2) matrix A B^T; when both sets exceed d rows the
-    eigenvalues of the symmetric (d, d) form L^T S_b L (L L^T = S_a; ``fid_ci.trace_sqrt_product``) are used
-    instead, from covariances accumulated over chunks of rows (``fid_ci.weighted_covariance``).
+    eigenvalues of the symmetric (d, d) form L^T S_b L (L L^T = S_a) are used instead, accumulated over chunks
+    of rows (``fid_ci.fid_from_covariances``: memory independent of n).
     """
     n1, n2, d = len(a), len(b), np.shape(a)[1]
-    if min(n1, n2) > d:  # the (d, d) covariances, accumulated over row chunks (memory independent of n)
-        from pigeon_bench.metrics.fid_ci import trace_sqrt_product, weighted_covariance
+    if min(n1, n2) > d:  # the (d, d) side, over row chunks (memory independent of n)
+        from pigeon_bench.metrics.fid_ci import fid_from_covariances
 
-        def moments(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            unit = torch.ones(len(x), dtype=torch.float64)  # every row once
-            return weighted_covariance(torch.as_tensor(np.asarray(x)), torch.arange(len(x)), unit)
+        def every_row(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            unit = torch.ones(len(x), dtype=torch.float64)
+            return torch.as_tensor(np.asarray(x)), torch.arange(len(x)), unit
 
-        (mu_a, sa), (mu_b, sb) = moments(a), moments(b)
-        return float((mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * trace_sqrt_product(sa, sb))
+        return float(fid_from_covariances(*every_row(a), *every_row(b)))
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     mu_a, mu_b = a.mean(0), b.mean(0)

@@ -45,6 +45,11 @@ def render_markdown(tables: list[Table], ci: bool) -> str:
                           "the paper's ranked apart)")
         if ci and any(r.source == OURS for r in t.rows):
             legend.append("[lo, hi]: seeded bootstrap 95% CI")
+            bare = [table.get(m).short for m in t.columns if table.get(m).kind == table.SET
+                    and any(r.source == OURS and printed(r, m) != "-" and not ci_text(r, m) for r in t.rows)]
+            if bare:
+                legend.append(f"{', '.join(bare)} without [lo, hi]: summarized without its interval (a "
+                              "sweep's α_r candidates; `--candidate-intervals` computes them)")
         if any(r.source == PAPER for r in t.rows):
             derived = [table.get(m) for m in t.columns if table.get(m).inputs]
             legend.append("paper rows: transcribed from the paper" + "".join(

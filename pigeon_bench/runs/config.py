@@ -62,6 +62,7 @@ class Experiment:
     seed: int = 0
     batch_size: int = 4
     valid: bool = True
+    candidate_intervals: bool = False  # FID intervals for a sweep's fixed-α_r test candidates too
     out: Path = Path("runs")
 
     def method_options(self, method: str) -> dict[str, Any]:

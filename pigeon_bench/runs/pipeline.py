@@ -16,7 +16,7 @@ from pigeon_bench.progress import console
 from pigeon_bench.runs.config import Experiment
 from pigeon_bench.runs.folder import RunFolder, Sweep, report_runs
 from pigeon_bench.runs.generate import GenerateSpec, MethodSession, generate
-from pigeon_bench.runs.selection import score, select, unscored
+from pigeon_bench.runs.selection import score, select, sweep_means_only, unscored
 from pigeon_bench.scenarios import scenarios
 
 REPORT = "report.md"
@@ -101,7 +101,7 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
                         sweep=type(session.generator).supports_alpha_r)
         out = root / method_dirname(method)
         valid_out = root / "valid" / method_dirname(method) if gspec.sweep and has_valid else None
-        run_method(gspec, out, session, scorer, valid_out, log, ranks)
+        run_method(gspec, out, session, scorer, valid_out, log, ranks, exp.candidate_intervals)
         del session
         ranks.barrier()  # rank 0 has scored and selected this method
     if not ranks.main:
@@ -115,7 +115,7 @@ def run(exp: Experiment, log: Callable[[str], None] = console.print, scorer=None
 
 def run_method(gspec: GenerateSpec, out: Path, session: MethodSession, scorer, valid_out: Path | None = None,
                log: Callable[[str], None] = console.print,
-               ranks: distributed.Ranks | None = None) -> list[RunFolder]:
+               ranks: distributed.Ranks | None = None, candidate_intervals: bool = False) -> list[RunFolder]:
     """One method's test run at ``out`` (a sweep, with a valid-split sweep at ``valid_out`` if given),
     generated, scored and selected; returns the scored folders. Under torchrun (``ranks``) every rank
     generates and scores its share into the shared folder and cache, and rank 0 scores the whole from the
@@ -126,21 +126,18 @@ def run_method(gspec: GenerateSpec, out: Path, session: MethodSession, scorer, v
     if valid_out is not None:
         manifests.append(generate(replace(gspec, split="valid"), valid_out, session))
     generated_s = time.perf_counter() - start
-    if ranks.world > 1:
-        shared = [RunFolder(out)]
-        if gspec.sweep:
-            shared = Sweep(out).runs() + (Sweep(valid_out).runs() if valid_out else [])
-        scorer.prefill(unscored(shared, scorer), ranks)
-        if not ranks.main:
-            return []
+    folders, means_only = [RunFolder(out)], []
     if gspec.sweep:
         sweep, valid = Sweep(out), Sweep(valid_out) if valid_out else None
-        valid_runs = valid.runs() if valid else []
-        score(sweep.runs() + valid_runs, scorer, means_only=valid_runs)  # valid: the selection reads means
-        folders = select(sweep, scorer, valid) + sweep.runs()
-    else:
-        folders = [RunFolder(out)]
-        score(folders, scorer)
+        folders, means_only = sweep.runs() + (valid.runs() if valid else []), sweep_means_only(
+            sweep, valid, candidate_intervals)  # valid: the selection reads means
+    if ranks.world > 1:
+        scorer.prefill(unscored(folders, scorer, set(means_only)), ranks)
+        if not ranks.main:
+            return []
+    score(folders, scorer, means_only)
+    if gspec.sweep:
+        folders = select(sweep, scorer, valid, candidate_intervals) + sweep.runs()
     counts = {k: sum(m["counts"][k] for m in manifests) for k in ("generated", "skipped")}
     log(f"{gspec.method}: {counts['generated']} images generated, {counts['skipped']} skipped (already on "
         f"disk); generation {generated_s:.1f} s, scoring {time.perf_counter() - start - generated_s:.1f} s")

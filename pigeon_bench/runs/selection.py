@@ -4,7 +4,7 @@ and scored like any run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pandas as pd
 
@@ -74,18 +74,23 @@ def select_test_time(sweep: Sweep) -> RunFolder:
     return dest
 
 
-def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
-    """Write ``Sweep.valid_chosen``: the test run of the one α_r that scores best on the valid split."""
+def valid_choice(valid: Sweep) -> tuple[float, dict[float, float]]:
+    """(the α_r that scores best on the valid split, each α_r's mean criterion there)."""
     valid_manifest = valid.manifest()
     if valid_manifest.get("split") != "valid":
         raise UserError(f"{valid.path} is a sweep on split {valid_manifest.get('split')!r}, not 'valid'")
+    _check_criterion(valid)
+    return choose_fixed(valid.read_scores_by_alpha(CRITERION))
+
+
+def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
+    """Write ``Sweep.valid_chosen``: the test run of the one α_r that scores best on the valid split."""
+    best, means = valid_choice(valid)
     dest = sweep.valid_chosen
     deps = [r.scores_path for r in sweep.runs() + valid.runs()]
     valid_run = str(valid.path.resolve())
     if newer(dest.manifest_path, deps) and dest.manifest()["valid_run"] == valid_run:
         return dest  # chosen since both sweeps were last scored
-    _check_criterion(valid)
-    best, means = choose_fixed(valid.read_scores_by_alpha(CRITERION))
     src = sweep.point(best)
     manifest = src.manifest()
     dest.clear()
@@ -102,29 +107,45 @@ def select_on_valid(sweep: Sweep, valid: Sweep) -> RunFolder:
 
 def score(runs: Sequence[RunFolder], scorer, means_only: Sequence[RunFolder] = ()) -> None:
     """Score the run folders not already scored by this scorer since their last change (``means_only``:
-    those only a selection reads, summarized without FID's interval).
+    those summarized without FID's interval: a selection reads their means, no report ranks them). A
+    summary without the interval is summarized again where one is now wanted.
 
     One pass of one scorer over all of them: history and reference images through each backbone once.
     """
-    todo = unscored(runs, scorer)
+    means_only = set(means_only)
+    todo = unscored(runs, scorer, means_only)
     if todo:
-        scorer.score_runs(todo, means_only=set(means_only))
+        scorer.score_runs(todo, means_only=means_only)
 
 
-def unscored(runs: Sequence[RunFolder], scorer) -> list[RunFolder]:
-    """The runs that ``score`` would score (not scored by this scorer since their last change)."""
-    return [run for run in runs if not is_scored(run, scorer)]
+def unscored(runs: Sequence[RunFolder], scorer, means_only: Collection[RunFolder] = ()) -> list[RunFolder]:
+    """The runs that ``score`` would score (not scored by this scorer since their last change, or scored
+    without the FID interval they now need)."""
+    return [run for run in runs if not is_scored(run, scorer, intervals=run not in means_only)]
 
 
-def is_scored(run: RunFolder, scorer) -> bool:
-    """Whether the run's summary is newer than its manifest and came from the same scorer setup."""
-    return run.scored_since_change() and scorer.wrote(run.read_summary())
+def is_scored(run: RunFolder, scorer, intervals: bool = False) -> bool:
+    """Whether the run's summary is newer than its manifest and came from the same scorer setup (with its
+    set-level intervals, if ``intervals``)."""
+    return run.scored_since_change() and scorer.wrote(run.read_summary(), intervals)
 
 
-def select(sweep: Sweep, scorer, valid: Sweep | None = None) -> list[RunFolder]:
+def sweep_means_only(sweep: Sweep, valid: Sweep | None, candidate_intervals: bool) -> list[RunFolder]:
+    """The folders of a sweep (and its valid sweep) summarized without FID's interval: the valid candidates,
+    and the test candidates unless ``candidate_intervals``."""
+    return (valid.runs() if valid else []) + ([] if candidate_intervals else sweep.runs())
+
+
+def select(sweep: Sweep, scorer, valid: Sweep | None = None,
+           candidate_intervals: bool = False) -> list[RunFolder]:
     """Score a sweep where needed, write its selections and score them; returns the selection folders."""
-    todo = [r for s in [sweep] + ([valid] if valid else []) for r in s.runs() if not r.has_scores()]
-    score(todo, scorer, means_only=valid.runs() if valid else [])
+    means_only = sweep_means_only(sweep, valid, candidate_intervals)
+    todo = [r for s in [sweep] + ([valid] if valid else []) for r in s.runs()
+            if not r.has_scores() or (r not in means_only and not scorer.has_intervals(r.read_summary()))]
+    score(todo, scorer, means_only)
     selected = select_test_time(sweep)
     score([selected], scorer)
-    return [selected] + ([select_on_valid(sweep, valid)] if valid is not None else [])
+    if valid is None:
+        return [selected]
+    score([sweep.point(valid_choice(valid)[0])], scorer)  # its copy is a ranked row: FID's interval too
+    return [selected, select_on_valid(sweep, valid)]

@@ -121,6 +121,11 @@ class _PairKind:
     nbytes: Callable[[object], int]  # bytes of one image's features and its pair temporaries
 
 
+def _held_bytes(im: Image.Image) -> int:
+    """The memory PIL holds for ``im``'s pixels: 4 bytes per pixel for a multi-band image (RGB included)."""
+    return im.width * im.height * (4 if len(im.getbands()) > 1 else 1)
+
+
 def _nbytes(stats: Fn.MsssimStats) -> int:
     return sum(t.nbytes for level in stats for t in level)
 
@@ -305,12 +310,12 @@ class Scorer:
     def _remember_pixels(self, key: tuple[str, str], im: Image.Image) -> None:
         old = self._pixels.pop(key, None)
         if old is not None:
-            self._pixels_bytes -= len(old.mode) * old.width * old.height
+            self._pixels_bytes -= _held_bytes(old)
         self._pixels[key] = im
-        self._pixels_bytes += len(im.mode) * im.width * im.height
+        self._pixels_bytes += _held_bytes(im)
         while self._pixels_bytes > _PIXELS_LRU_BYTES and len(self._pixels) > 1:
             _, evicted = self._pixels.popitem(last=False)
-            self._pixels_bytes -= len(evicted.mode) * evicted.width * evicted.height
+            self._pixels_bytes -= _held_bytes(evicted)
 
     def _release_pixels(self) -> None:
         """Drop the decoded images: they are reused within one public call only."""

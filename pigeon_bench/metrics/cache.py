@@ -59,6 +59,9 @@ from pigeon_bench.paths import cache_dir
 # the in-memory layer: a working set (the scorer reads a namespace's entries in chunks), not the whole job's
 DEFAULT_MEMORY_BYTES = 1 << 25
 COMPACT_MAX_BYTES = 1 << 17  # larger entries (feature maps) are files of their own
+# sqlite's page cache per open shard (its default is 2 MB): reads go in key batches through the OS's file
+# cache, and a job holds ~40 shards open, so the default's 80 MB would only fill and stay as the store grows
+_PAGE_CACHE_KIB = 512
 SHARDS = 4  # sqlite files per namespace: concurrent writers of one namespace rarely wait for each other
 BUDGET_ENV = "PIGEON_BENCH_CACHE_BUDGET"
 DEFAULT_BUDGET = 50 * 10**9
@@ -202,6 +205,7 @@ def _connect(path: Path) -> sqlite3.Connection:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
             conn.execute("PRAGMA journal_size_limit=4194304")  # the WAL file is cut back to 4 MB after use
             conn.execute(_SCHEMA)
             return conn

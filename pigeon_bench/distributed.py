@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 TIMEOUT_ENV = "PIGEON_BENCH_DIST_TIMEOUT_S"  # how long a rank waits at a barrier (rank 0 scores meanwhile)
@@ -43,6 +45,19 @@ class Ranks:
         n = len(items)
         return list(items[n * self.rank // self.world:n * (self.rank + 1) // self.world])
 
+    def owned(self, claims: Sequence[int]) -> set[int]:
+        """Of ``claims`` (64-bit names of the work this rank's share could do), the ones this rank does, every
+        rank calling this together: each name claimed by several ranks falls to the lowest of them, so that
+        nothing is done twice and who does what does not depend on timing."""
+        mine = np.unique(np.asarray(claims, dtype=np.uint64))
+        if self.world == 1:
+            return set(mine.tolist())
+        import torch.distributed as dist
+
+        gathered: list[np.ndarray | None] = [None] * self.world
+        dist.all_gather_object(gathered, mine)
+        return set(first_claims(gathered, self.rank).tolist())
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -52,6 +67,13 @@ class Ranks:
     def device(self, device: str) -> str:
         """A bare ``cuda`` means this rank's local GPU under torchrun."""
         return f"cuda:{self.local_rank}" if device == "cuda" and self.world > 1 else device
+
+
+def first_claims(claims: Sequence[np.ndarray], rank: int) -> np.ndarray:
+    """The names in ``claims[rank]`` that no lower rank claims."""
+    if rank == 0:
+        return claims[0]
+    return claims[rank][~np.isin(claims[rank], np.concatenate(claims[:rank]))]
 
 
 @functools.cache

@@ -99,6 +99,16 @@ class SampleScores:
     skipped: dict[str, str]  # metric -> the backbone whose weights are missing
 
 
+Mine = Callable[..., bool]  # (namespace, *key) -> whether this rank computes that cache entry
+
+
+def claim(namespace: str, *key: str) -> int:
+    """A 64-bit name of one cache entry (a feature, text embedding or pair value: its namespace and key), by
+    which the ranks of a torchrun job share the entries out (``Ranks.owned``)."""
+    h = hashlib.blake2b("\0".join((namespace, *key)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
 @dataclass
 class _Paired:
     """One pairing's side of every sample: images (digests, digest -> source) and texts, k per sample."""
@@ -119,6 +129,21 @@ class _PairKind:
     features: Callable[[dict[str, ImageSource], str], dict[str, object]]  # (digest -> source, path)
     values: Callable[[list, list], torch.Tensor]  # (p,) from p generated and p paired images' features
     nbytes: Callable[[object], int]  # bytes of one image's features and its pair temporaries
+
+
+@dataclass
+class _Prepared:
+    """Checked samples ready to fill and score: ids, generated digests and sources, both pairings, the
+    skipped metrics (why), each backbone with weights and the stored-feature metrics it feeds, the pair
+    metrics."""
+
+    sample_ids: list[str]
+    gen_d: list[str]
+    gen_u: dict[str, ImageSource]
+    paired: dict[str, _Paired]
+    skipped: dict[str, str]
+    uses: dict[Backbone, list[Metric]]
+    pair_metrics: list[Metric]
 
 
 def _held_bytes(im: Image.Image) -> int:
@@ -235,15 +260,16 @@ class Scorer:
         """The cache namespace of ``role``'s images through ``backbone`` (its input path's)."""
         return self._namespace(backbone, self.preprocess.path(backbone.id, role))
 
-    def _ensure(self, backbone: Backbone, images: dict[str, ImageSource], path: str = RESIZED) -> None:
+    def _ensure(self, backbone: Backbone, images: dict[str, ImageSource], path: str = RESIZED,
+                mine: Mine | None = None) -> None:
         """Compute and store features for the digests in ``images`` (reaching ``backbone`` by input ``path``)
-        that the cache lacks, in batches."""
+        that the cache lacks (and, with ``mine``, that are this rank's), in batches."""
         ns = self._namespace(backbone, path)
-        keys = list(images)
+        keys = [d for d in images if mine is None or mine(ns, d)]
         have: set[str] = set()
         for start in range(0, len(keys), _READ_CHUNK):
             have.update(self.store.get_many(ns, keys[start:start + _READ_CHUNK]))
-        todo = {d: src for d, src in images.items() if d not in have}
+        todo = {d: images[d] for d in keys if d not in have}
         for d, own in self._encoded(backbone, todo, path):
             self.store.put(ns, d, own)
 
@@ -272,10 +298,11 @@ class Scorer:
             out[start:start + len(chunk)] = rows
         return out
 
-    def _ensure_texts(self, backbone: Backbone, texts: Sequence[str]) -> None:
-        """Compute and store the text-tower embeddings of ``texts`` that the cache lacks, in batches."""
+    def _ensure_texts(self, backbone: Backbone, texts: Sequence[str], mine: Mine | None = None) -> None:
+        """Compute and store the text-tower embeddings of ``texts`` that the cache lacks (and, with ``mine``,
+        that are this rank's), in batches."""
         ns = backbone.text_namespace
-        unique = list(dict.fromkeys(texts))
+        unique = [t for t in dict.fromkeys(texts) if mine is None or mine(ns, text_digest(t))]
         todo = [t for t in unique if not self.store.has(ns, text_digest(t))]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
@@ -414,35 +441,42 @@ class Scorer:
         return [*blocks, range(start, len(gen_d))]
 
     def _streamed_pairs(self, metrics: Sequence[Metric], gen_d: list[str], gen_u: dict[str, ImageSource],
-                        paired: dict[str, _Paired]) -> dict[str, np.ndarray]:
+                        paired: dict[str, _Paired], mine: Mine | None = None) -> dict[str, np.ndarray]:
         """(n,) per-sample value of each MAPS / PIXELS metric of ``metrics`` (the mean over the k items of its
         pairing), block by block: the block's pair values from the pair table, the missing ones computed from
         features held for the block only (and those the previous block computed, when this one needs them) and
-        written back."""
+        written back. With ``mine``: only this rank's missing pairs computed and written, nothing returned."""
         n = len(gen_d)
         kinds = {m.name: self._pair_kind(m) for m in metrics}
         held: dict[str, dict[tuple[str, str], object]] = {m.name: {} for m in metrics}
         out = {m.name: np.empty((n, paired[m.pairing].k)) for m in metrics}
         with self._progress("pair metrics (samples)", n) as advance:
             for block in self._blocks(gen_d, [paired[m.pairing] for m in metrics]):
-                self._block_pairs(block, metrics, kinds, held, out, gen_d, gen_u, paired)
+                self._block_pairs(block, metrics, kinds, held, out, gen_d, gen_u, paired, mine)
                 advance(len(block))
+        if mine is not None:
+            return {}
         return {name: torch.from_numpy(v).mean(1).numpy() for name, v in out.items()}
 
     def _block_pairs(self, block: range, metrics: Sequence[Metric], kinds: dict[str, _PairKind],
                      held: dict[str, dict[tuple[str, str], object]], out: dict[str, np.ndarray],
-                     gen_d: list[str], gen_u: dict[str, ImageSource], paired: dict[str, _Paired]) -> None:
-        """One block's pair values of each metric into ``out``: read, the missing computed and written."""
+                     gen_d: list[str], gen_u: dict[str, ImageSource], paired: dict[str, _Paired],
+                     mine: Mine | None) -> None:
+        """One block's pair values of each metric into ``out``: read, the missing computed and written (with
+        ``mine``: only this rank's, and ``out`` left alone)."""
         for m in metrics:
             kind, other = kinds[m.name], paired[m.pairing]
             k = other.k
             pairs = [(gen_d[i], o) for i in block for o in other.digests[i * k:(i + 1) * k]]
+            if mine is not None:
+                pairs = [p for p in pairs if mine(kind.namespace, *p)]
             values = self.pairs.get_many(kind.namespace, pairs)
             todo = [p for p in dict.fromkeys(pairs) if p not in values]
             new = self._compute_pairs(kind, todo, held[m.name], gen_u, other.sources)
             self.pairs.put_many(kind.namespace, new)
-            values.update(new)
-            out[m.name][block.start:block.stop] = np.reshape([values[p] for p in pairs], (len(block), k))
+            if mine is None:
+                values.update(new)
+                out[m.name][block.start:block.stop] = np.reshape([values[p] for p in pairs], (len(block), k))
 
     def _compute_pairs(self, kind: _PairKind, todo: list[Pair], held: dict[tuple[str, str], object],
                        gen_u: dict[str, ImageSource], other_u: dict[str, ImageSource]) -> dict[Pair, float]:
@@ -451,7 +485,7 @@ class Scorer:
         need = {*((gen_path, g) for g, _ in todo), *((other_path, o) for _, o in todo)}
         for key in [key for key in held if key not in need]:
             del held[key]
-        by_path: dict[str, dict[str, ImageSource]] = {}  # one batch stream per input path, as _ensure_inputs
+        by_path: dict[str, dict[str, ImageSource]] = {}  # one batch stream per input path, as _fill
         for path, digests, sources in ((gen_path, [g for g, _ in todo], gen_u),
                                        (other_path, [o for _, o in todo], other_u)):
             for d in dict.fromkeys(digests):
@@ -472,8 +506,8 @@ class Scorer:
 
     # ------------------------------------------------------------ scoring
 
-    def score_samples(self, samples: Sequence[SampleInputs]) -> SampleScores:
-        """Every metric of the table whose backbone has weights: per-sample scores, set-level features."""
+    def _prepare(self, samples: Sequence[SampleInputs]) -> _Prepared:
+        """``samples`` checked, their images' digests, and the backbones with weights (one must have some)."""
         n = len(samples)
         if n == 0:
             raise UserError("nothing to score: no samples")
@@ -493,21 +527,53 @@ class Scorer:
         found = {bid: self._find(bid) for bid in table.BACKBONES}
         if not any(found.values()):
             raise MissingWeights(list(self._missing.values()), self.profile.name)
-        for bid, backbone in found.items():  # each backbone over the images and texts of its stored features
-            uses = [m for m in table.TABLE if m.backbone == bid and m.name not in untexted and m.kind != MAPS]
-            if backbone is not None and uses:
-                self._ensure_inputs(backbone, uses, gen_u, paired)
-
         skipped = {m.name: m.backbone for m in table.TABLE if m.backbone and found[m.backbone] is None}
         skipped |= dict.fromkeys(untexted, NO_TEXTS)
-        df = pd.DataFrame({"sample_id": [s.sample_id for s in samples]})
-        streamed = self._streamed_pairs([m for m in table.PER_SAMPLE if m.kind in (MAPS, PIXELS)
-                                         and m.name not in skipped], gen_d, gen_u, paired)
+        uses = {backbone: used for bid, backbone in found.items()
+                if backbone is not None and (used := [m for m in table.TABLE if m.backbone == bid
+                                                      and m.name not in untexted and m.kind != MAPS])}
+        pair_metrics = [m for m in table.PER_SAMPLE if m.kind in (MAPS, PIXELS) and m.name not in skipped]
+        return _Prepared([s.sample_id for s in samples], gen_d, gen_u, paired, skipped, uses, pair_metrics)
+
+    def _fill(self, p: _Prepared, mine: Mine | None = None) -> dict[str, np.ndarray]:
+        """The stored features and texts of ``p`` that the cache lacks, and its pair metrics' values (with
+        ``mine``: only this rank's entries computed and written, nothing returned)."""
+        for backbone, uses in p.uses.items():  # each over the images and texts of its stored features
+            images, texts = self._inputs_of(backbone, uses, p.gen_u, p.paired)
+            for path, by_digest in images.items():
+                self._ensure(backbone, by_digest, path, mine)
+            if texts:
+                self._ensure_texts(backbone, texts, mine)
+        return self._streamed_pairs(p.pair_metrics, p.gen_d, p.gen_u, p.paired, mine)
+
+    def _claims(self, p: _Prepared) -> list[int]:
+        """The names (``claim``) of every cache entry ``_fill(p)`` may write."""
+        out = []
+        for backbone, uses in p.uses.items():
+            images, texts = self._inputs_of(backbone, uses, p.gen_u, p.paired)
+            for path, by_digest in images.items():
+                ns = self._namespace(backbone, path)
+                out += [claim(ns, d) for d in by_digest]
+            out += [claim(backbone.text_namespace, text_digest(t)) for t in dict.fromkeys(texts)]
+        for m in p.pair_metrics:
+            ns, other = self._pair_kind(m).namespace, p.paired[m.pairing]
+            out += [claim(ns, g, o) for i, g in enumerate(p.gen_d)
+                    for o in other.digests[i * other.k:(i + 1) * other.k]]
+        return out
+
+    def score_samples(self, samples: Sequence[SampleInputs]) -> SampleScores:
+        """Every metric of the table whose backbone has weights: per-sample scores, set-level features."""
+        p = self._prepare(samples)
+        streamed = self._fill(p)
+        skipped = dict(p.skipped)
+        df = pd.DataFrame({"sample_id": p.sample_ids})
         for m in table.PER_SAMPLE:
             if m.name in skipped:
-                values = np.full(n, np.nan)
+                values = np.full(len(p.gen_d), np.nan)
+            elif m.name in streamed:
+                values = streamed[m.name]
             else:
-                values = streamed[m.name] if m.name in streamed else self._embedding_metric(m, gen_d, paired)
+                values = self._embedding_metric(m, p.gen_d, p.paired)
             df[m.name] = values.astype(np.float64)
         self._release_pixels()
         sets = {}
@@ -517,8 +583,8 @@ class Scorer:
                 name = backbone.outputs[0]
                 gen_ns = self._role_namespace(backbone, GENERATED)
                 ref_ns = self._role_namespace(backbone, m.pairing)
-                sets[m.name] = (self._stack(gen_ns, gen_d, name).numpy(),  # as stored (float32)
-                                self._stack(ref_ns, paired[m.pairing].digests, name).numpy())
+                sets[m.name] = (self._stack(gen_ns, p.gen_d, name).numpy(),  # as stored (float32)
+                                self._stack(ref_ns, p.paired[m.pairing].digests, name).numpy())
         for m in table.TABLE:  # derived metrics (Overall) lack what their inputs lack
             missing = [skipped[i] for i in m.inputs if i in skipped]
             if missing:
@@ -527,12 +593,17 @@ class Scorer:
             self._warn_skipped(skipped)
         return SampleScores(df, sets, skipped)
 
+    @staticmethod
+    def _interleaved(folders: Sequence[Sequence[SampleInputs]]) -> list[tuple[int, int]]:
+        """(position, folder) of every sample of ``folders``, by position: a job's folders side by side."""
+        return sorted((i, f) for f, folder in enumerate(folders) for i in range(len(folder)))
+
     def score_many(self, folders: Sequence[Sequence[SampleInputs]]) -> list[SampleScores]:
         """``score_samples`` of each of ``folders`` (a job's methods and candidates over one dataset) in one
         pass: the samples interleaved by position, so that a pair-metric block holds every folder's generated
         images of a few consecutive samples with the history images they share, and each history image goes
         through VGG once per job instead of once per folder."""
-        order = sorted((i, f) for f, folder in enumerate(folders) for i in range(len(folder)))
+        order = self._interleaved(folders)
         scores = self.score_samples([folders[f][i] for i, f in order])
         rows: list[list[int]] = [[] for _ in folders]
         for row, (_, f) in enumerate(order):
@@ -542,23 +613,20 @@ class Scorer:
                              dict(scores.skipped))
                 for r in rows]
 
-    def _ensure_inputs(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
-                       paired: dict[str, _Paired]) -> None:
-        """Features of the generated images and of the paired images and texts that ``uses`` read, each role's
-        images by its input path."""
+    def _inputs_of(self, backbone: Backbone, uses: list[Metric], gen: dict[str, ImageSource],
+                   paired: dict[str, _Paired]) -> tuple[dict[str, dict[str, ImageSource]], list[str]]:
+        """The images (input path -> digest -> source: the generated ones and the paired ones that ``uses``
+        read, each role's by its input path) and the texts whose ``backbone`` features ``uses`` read."""
         by_path: dict[str, dict[str, ImageSource]] = {}
         by_path.setdefault(self.preprocess.path(backbone.id, GENERATED), {}).update(gen)
         for pairing in (HISTORY, REFERENCE):
             if any(m.pairing == pairing and m.against == IMAGE for m in uses):
                 path = self.preprocess.path(backbone.id, pairing)
                 by_path.setdefault(path, {}).update(paired[pairing].sources)
-        for path, images in by_path.items():
-            self._ensure(backbone, images, path)
         texts = [t for pairing in (HISTORY, REFERENCE)
                  if any(m.pairing == pairing and m.against == TEXT for m in uses)
                  for t in paired[pairing].texts]
-        if texts:
-            self._ensure_texts(backbone, texts)
+        return by_path, texts
 
     def _embedding_metric(self, m: Metric, gen_d: list[str], paired: dict[str, _Paired]) -> np.ndarray:
         """(n,) per-sample EMBEDDING metric ``m``: its function over each generated image's stored embedding
@@ -690,11 +758,18 @@ class Scorer:
             self._fill_share([inputs for _, inputs, _, _ in self._jobs(runs, data_dir, partial)], ranks)
 
     def _fill_share(self, folders: Sequence[Sequence[SampleInputs]], ranks: Ranks) -> None:
-        shares = [share for inputs in folders if (share := ranks.block(inputs))]
-        if shares:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rank 0 warns when it scores the whole
-                self.score_many(shares)
+        """This rank's block of every folder's samples: the cache entries they need that no lower rank's block
+        needs (``Ranks.owned``), computed and written; then a barrier. Each entry is computed once, by a rank
+        that does not depend on timing, so a job's numbers are the same at every rerun."""
+        shares = [ranks.block(inputs) for inputs in folders]
+        share = [shares[f][i] for i, f in self._interleaved(shares)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rank 0 warns when it scores the whole
+            prepared = self._prepare(share) if share else None
+            owned = ranks.owned(self._claims(prepared) if prepared else [])
+            if prepared:
+                self._fill(prepared, lambda namespace, *key: claim(namespace, *key) in owned)
+                self._release_pixels()
         ranks.barrier()
 
     def _jobs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None, partial: bool

@@ -88,6 +88,16 @@ def test_the_memory_layer_serves_repeated_reads_without_counting_them(tmp_path):
     assert C.total(store.counters).hits == 1
 
 
+def test_the_memory_layer_holds_small_entries_within_its_bound_objects_included(tmp_path):
+    store = C.FeatureStore(tmp_path, memory_bytes=1 << 20, budget=None)
+    items = _entries(5000, dim=16)  # 64 bytes of data each: their tensor objects weigh more than the data
+    store.put_many(NS, items)
+    held = list(store._memory.values())
+    # at most 1 MiB over data and objects: ~800 small entries, not the 16,384 their data alone would allow
+    assert 400 < len(held) < (1 << 20) // (64 + 512)
+    assert sum(t.numel() * t.element_size() for e in held for t in e.values()) < (1 << 20) // 8
+
+
 def test_a_garbled_row_is_a_counted_miss_and_is_removed(tmp_path):
     store = C.FeatureStore(tmp_path, budget=None)
     items = _entries(50)

@@ -25,7 +25,11 @@ naming every missing one).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -144,6 +148,26 @@ class _Prepared:
     skipped: dict[str, str]
     uses: dict[Backbone, list[Metric]]
     pair_metrics: list[Metric]
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None where the C library has none: musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap pages that a scoring pass freed (decoded images, batches, stacked rows) to the OS.
+    glibc keeps them otherwise, and the next phase's peak stacks on top of them: at 2,000 samples (tiny
+    profile) the peak RSS went 1,779 -> 1,564 MB with this after each pass."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _held_bytes(im: Image.Image) -> int:
@@ -576,6 +600,7 @@ class Scorer:
                 values = self._embedding_metric(m, p.gen_d, p.paired)
             df[m.name] = values.astype(np.float64)
         self._release_pixels()
+        give_back_freed_memory()
         sets = {}
         for m in table.TABLE:
             if m.kind == SET and m.name not in skipped:
@@ -770,6 +795,7 @@ class Scorer:
             if prepared:
                 self._fill(prepared, lambda namespace, *key: claim(namespace, *key) in owned)
                 self._release_pixels()
+                give_back_freed_memory()
         ranks.barrier()
 
     def _jobs(self, runs: Sequence[RunFolder | str | Path], data_dir: str | Path | None, partial: bool

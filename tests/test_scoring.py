@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from pigeon_bench import fileio, stats
+from pigeon_bench import fileio, scoring, stats
 from pigeon_bench.data.model import write_dataset
 from pigeon_bench.errors import UserError
 from pigeon_bench.metrics import functional as Fn
@@ -571,3 +571,18 @@ def test_score_many_forwards_each_history_image_once_per_job(world, tmp_path):
         for m, (gen, ref) in want.sets.items():
             np.testing.assert_allclose(got.sets[m][0], gen, rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(got.sets[m][1], ref)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(scoring._malloc_trim() is None, reason="the C library has no malloc_trim (not glibc)")
+def test_freed_heap_pages_go_back_to_the_os():
+    held = [bytearray(4096) for _ in range(40_000)]  # ~160 MB of heap chunks
+    keep = held[-1]  # in use at the heap's top: free() alone cannot shrink the heap below it
+    del held
+    before = _rss_bytes()
+    scoring.give_back_freed_memory()
+    assert before - _rss_bytes() > 100 * 2**20 and len(keep) == 4096

@@ -434,13 +434,15 @@ class Scorer:
             roles = f"{self._role_namespace(backbone, GENERATED)}|{self._role_namespace(backbone, m.pairing)}"
 
             def map_values(gen: list[dict[str, torch.Tensor]], other: list[dict[str, torch.Tensor]]):
-                return m.function([torch.stack([g[x] for g in gen]) for x in backbone.outputs],
-                                  [torch.stack([o[x] for o in other]) for x in backbone.outputs])
+                # pair by pair on views: stacking would copy 64 MB of maps per image at 512 px
+                return torch.cat([m.function([g[x][None] for x in backbone.outputs],
+                                             [o[x][None] for x in backbone.outputs])
+                                  for g, o in zip(gen, other, strict=True)])
 
-            # bytes per image: its maps + their float32 difference
+            # bytes per image: its maps (held for the block; pairs are views of them)
             return _PairKind(pair_namespace(m.name, backbone.fingerprint, roles), paths,
                              lambda images, path: dict(self._encoded(backbone, images, path)), map_values,
-                             lambda maps: sum(t.nbytes + 4 * t.numel() for t in maps.values()))
+                             lambda maps: sum(t.nbytes for t in maps.values()))
         if m.kind == PIXELS:
             inputs = "|".join(self.preprocess.input_id(path) for path in paths)
             # bytes per image: its MS-SSIM terms + the pair temporaries

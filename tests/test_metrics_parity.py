@@ -136,3 +136,21 @@ def test_cosine_100_is_not_clamped():
     a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
     b = torch.tensor([[-1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
     torch.testing.assert_close(Fn.cosine_100(a, b), torch.tensor([-100.0, 0.0, 100.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("scratch", [1 << 10, 1 << 22])
+def test_lpips_from_maps_row_bands_match_the_direct_expression_and_not_the_batch(monkeypatch, scratch):
+    """Bands of a few rows (uneven last band) or the whole map: float32 rounding of the direct expression,
+    and each pair's bits are those it has alone, whatever is batched beside it."""
+    monkeypatch.setattr(Fn, "_LPIPS_SCRATCH_BYTES", scratch)
+    torch.manual_seed(0)
+    shapes = [(24, 11, 9), (6, 5, 31)]  # 1 KiB holds 1 row of 24x9 floats and 1 row of 6x31
+    gen = [torch.randn(2, 1, *s).half() for s in shapes]
+    hist = [torch.randn(2, 5, *s).half() for s in shapes]
+    direct = sum(((a.float() - b.float()) ** 2).sum(-3).mean((-2, -1))
+                 for a, b in zip(gen, hist, strict=True))
+    got = Fn.lpips_from_maps(gen, hist)
+    assert got.shape == (2, 5)
+    torch.testing.assert_close(got, direct, rtol=1e-6, atol=0)
+    alone = Fn.lpips_from_maps([g[1:] for g in gen], [h[1:, 3:4] for h in hist])
+    assert torch.equal(alone[0, 0], got[1, 3])

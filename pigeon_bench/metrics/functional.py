@@ -28,30 +28,31 @@ def lpips_from_maps(maps_a: list[torch.Tensor], maps_b: list[torch.Tensor]) -> t
     which equals lpips.LPIPS's sum_l spatial_average(lin_l((a_l - b_l)^2)) for non-negative lin weights.
     Maps are (..., C, H, W) and broadcast against each other (e.g. (m, 1, C, H, W) against (m, k, C, H, W)).
 
-    Pair by pair, a band of rows at a time through two reused float32 buffers of _LPIPS_SCRATCH_BYTES (the
-    band follows from the map's shape alone), so a pair gives the same bits whatever the other rows of the
-    batch. Against the whole-map expression it agrees to float32 rounding (bit-equal at the VGG shapes of
-    the 512 px profile), at ~1/3 of its time there: a fresh float32 copy of each map and a mixed-dtype
-    subtraction cost ~3x the arithmetic.
+    Pair by pair, a band of rows at a time through two reused float32 buffers of at most
+    _LPIPS_SCRATCH_BYTES (the band follows from the map's shape alone), so a pair gives the same bits
+    whatever the other rows of the batch. Against the whole-map expression it agrees to float32 rounding
+    (bit-equal at the VGG shapes of the 512 px profile), at ~1/3 of its time there: a fresh float32 copy
+    of each map and a mixed-dtype subtraction cost ~3x the arithmetic.
     """
     pairs = [torch.broadcast_tensors(a, b) for a, b in zip(maps_a, maps_b, strict=True)]
     batch = pairs[0][0].shape[:-3]
+    # rows per band of each layer: as many as the buffer holds, at least one
+    bands = [max(1, _LPIPS_SCRATCH_BYTES // (4 * a.shape[-3] * a.shape[-1])) for a, _ in pairs]
+    scratch = torch.empty(2, max(a.shape[-3] * rows * a.shape[-1]
+                                 for (a, _), rows in zip(pairs, bands, strict=True)))
+    summed = [torch.empty(a.shape[-2:]) for a, _ in pairs]
     out = torch.zeros(batch)
-    scratch = torch.empty(2, _LPIPS_SCRATCH_BYTES // 4)
     for index in itertools.product(*map(range, batch)):
         total = None
-        for a, b in pairs:
-            c, h, w = a.shape[-3:]
-            rows = max(1, _LPIPS_SCRATCH_BYTES // (4 * c * w))
-            if c * rows * w > scratch.shape[1]:  # one row of a very wide map
-                scratch = torch.empty(2, c * rows * w)
-            summed = torch.empty(h, w)
+        for (a, b), rows, s in zip(pairs, bands, summed, strict=True):
+            a, b = a[index], b[index]
+            c, h, w = a.shape
             for r in range(0, h, rows):
                 n = min(rows, h - r)
-                x = scratch[0, :c * n * w].view(c, n, w).copy_(a[index][:, r:r + n])
-                y = scratch[1, :c * n * w].view(c, n, w).copy_(b[index][:, r:r + n])
-                torch.sum(x.sub_(y).square_(), -3, out=summed[r:r + n])
-            value = summed.mean((-2, -1))
+                x = scratch[0, :c * n * w].view(c, n, w).copy_(a[:, r:r + n])
+                y = scratch[1, :c * n * w].view(c, n, w).copy_(b[:, r:r + n])
+                torch.sum(x.sub_(y).square_(), -3, out=s[r:r + n])
+            value = s.mean((-2, -1))
             total = value if total is None else total + value
         out[index] = total
     return out

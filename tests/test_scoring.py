@@ -157,7 +157,6 @@ def test_msssim_matches_pytorch_msssim_on_resized_images(world, scored):
 def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, scored, monkeypatch, tmp_path):
     from pytorch_msssim import ms_ssim
 
-    from pigeon_bench import scoring
 
     ds, run = world
     df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
@@ -250,7 +249,6 @@ def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(t
 def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored):
     import warnings as w
 
-    from pigeon_bench import scoring
 
     scorer = scored[0]
     rng = np.random.default_rng(0)
@@ -571,18 +569,3 @@ def test_score_many_forwards_each_history_image_once_per_job(world, tmp_path):
         for m, (gen, ref) in want.sets.items():
             np.testing.assert_allclose(got.sets[m][0], gen, rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(got.sets[m][1], ref)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@pytest.mark.skipif(scoring._malloc_trim() is None, reason="the C library has no malloc_trim (not glibc)")
-def test_freed_heap_pages_go_back_to_the_os():
-    held = [bytearray(4096) for _ in range(40_000)]  # ~160 MB of heap chunks
-    keep = held[-1]  # in use at the heap's top: free() alone cannot shrink the heap below it
-    del held
-    before = _rss_bytes()
-    scoring.give_back_freed_memory()
-    assert before - _rss_bytes() > 100 * 2**20 and len(keep) == 4096

@@ -69,8 +69,15 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-# heap_bytes() and the resident bytes at their lowest since the last trim (or the first check)
-_lowest: list[int | None] = [None, None]
+@dataclass
+class _Lowest:
+    """heap_bytes() and the resident bytes at their lowest since the last trim (or the first check)."""
+
+    heap: int | None = None
+    resident: int | None = None
+
+
+_lowest = _Lowest()
 
 
 def give_back_freed_memory(after_growth: int = 0) -> bool:
@@ -84,14 +91,16 @@ def give_back_freed_memory(after_growth: int = 0) -> bool:
     if after_growth:
         if libc.info is None:
             return False
-        resident = _resident_bytes()  # a heap that grew was touched: the cheap check first (mallinfo2 walks
-        if _lowest[1] is not None and resident - _lowest[1] <= after_growth:  # the free lists, ~5 ms)
-            _lowest[1] = min(_lowest[1], resident)
+        # a heap that grew was touched: the resident bytes first (mallinfo2 walks the free lists, ~4 ms)
+        resident = _resident_bytes()
+        if _lowest.resident is not None and resident - _lowest.resident <= after_growth:
+            _lowest.resident = min(_lowest.resident, resident)
             return False
-        held, lowest = heap_bytes(), _lowest[0]
-        if lowest is None or held - lowest <= after_growth:
-            _lowest[:] = [held if lowest is None else min(lowest, held), resident]
+        held = libc.info().arena
+        if _lowest.heap is None or held - _lowest.heap <= after_growth:
+            _lowest.heap = held if _lowest.heap is None else min(_lowest.heap, held)
+            _lowest.resident = resident
             return False
     libc.trim(0)
-    _lowest[:] = [heap_bytes(), _resident_bytes()]
+    _lowest.heap, _lowest.resident = heap_bytes(), _resident_bytes()
     return True

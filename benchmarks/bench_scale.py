@@ -495,10 +495,10 @@ class PhasePeaks:
         setattr(owner, name, marked)
 
     def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
+        from pigeon_bench.heap import resident_bytes
+
         while True:
-            with open("/proc/self/statm") as f:
-                mb = int(f.read().split()[1]) * page / 2**20
+            mb = resident_bytes() / 2**20
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), mb)
             time.sleep(0.2)
 

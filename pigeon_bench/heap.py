@@ -64,7 +64,8 @@ def heap_bytes() -> int | None:
     return None if libc is None or libc.info is None else libc.info().arena
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
+    """This process's resident bytes now (``/proc/self/statm``: Linux only)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -92,7 +93,7 @@ def give_back_freed_memory(after_growth: int = 0) -> bool:
         if libc.info is None:
             return False
         # a heap that grew was touched: the resident bytes first (mallinfo2 walks the free lists, ~4 ms)
-        resident = _resident_bytes()
+        resident = resident_bytes()
         if _lowest.resident is not None and resident - _lowest.resident <= after_growth:
             _lowest.resident = min(_lowest.resident, resident)
             return False
@@ -102,5 +103,5 @@ def give_back_freed_memory(after_growth: int = 0) -> bool:
             _lowest.resident = resident
             return False
     libc.trim(0)
-    _lowest.heap, _lowest.resident = heap_bytes(), _resident_bytes()
+    _lowest.heap, _lowest.resident = heap_bytes(), resident_bytes()
     return True

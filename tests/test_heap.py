@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from pigeon_bench import heap
@@ -12,11 +10,6 @@ MB = 2**20
 glibc = pytest.mark.skipif(heap._glibc() is None, reason="the C library has no malloc_trim (not glibc)")
 mallinfo2 = pytest.mark.skipif(heap._glibc() is None or heap._glibc().info is None,
                                reason="the C library has no mallinfo2 (glibc < 2.33)")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _freed_chunks(n: int = 40_000) -> bytearray:
@@ -29,9 +22,9 @@ def _freed_chunks(n: int = 40_000) -> bytearray:
 @glibc
 def test_freed_heap_pages_go_back_to_the_os():
     keep = _freed_chunks()
-    before = _rss_bytes()
+    before = heap.resident_bytes()
     assert heap.give_back_freed_memory()
-    assert before - _rss_bytes() > 100 * MB and len(keep) == 4096
+    assert before - heap.resident_bytes() > 100 * MB and len(keep) == 4096
 
 
 @mallinfo2
@@ -40,10 +33,10 @@ def test_a_batch_loop_trims_once_the_heap_grows_past_the_bound_and_not_while_it_
     free_now = heap._glibc().info().fordblks  # what the heap can serve without growing
     assert not heap.give_back_freed_memory(100 * MB)
     keep = _freed_chunks((free_now + 160 * MB) // 4096)  # the heap grows by >= 160 MB
-    before = _rss_bytes()
+    before = heap.resident_bytes()
     assert not heap.give_back_freed_memory(free_now + 400 * MB)  # under a larger bound: kept
     assert heap.give_back_freed_memory(100 * MB)
-    assert before - _rss_bytes() > 100 * MB
+    assert before - heap.resident_bytes() > 100 * MB
     for _ in range(3):  # batches that allocate and free the same memory again do not grow the heap
         held = [bytearray(4096) for _ in range(30_000)]
         del held

@@ -157,7 +157,6 @@ def test_msssim_matches_pytorch_msssim_on_resized_images(world, scored):
 def test_every_sample_msssim_matches_pytorch_msssim_in_any_block_size(world, scored, monkeypatch, tmp_path):
     from pytorch_msssim import ms_ssim
 
-
     ds, run = world
     df = pd.read_parquet(run / "scores.parquet").set_index("sample_id")
 
@@ -248,7 +247,6 @@ def test_a_rewritten_image_is_hashed_again_and_an_unchanged_one_is_not_decoded(t
 
 def test_fid_ci_uses_fewer_resamples_when_n_exceeds_the_feature_dimension(scored):
     import warnings as w
-
 
     scorer = scored[0]
     rng = np.random.default_rng(0)
